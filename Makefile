@@ -1,0 +1,54 @@
+# trialfed developer entry points. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch by default; override for a GPU build, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+DEMO_DIR ?= demo
+export FLWR_TELEMETRY_ENABLED = 0
+export FLWR_DISABLE_UPDATE_CHECK = 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
+export RAY_USAGE_STATS_ENABLED = 0
+export MPLBACKEND = Agg
+
+.PHONY: setup demo test lint typecheck unit bench bench-smoke ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/trialfed synth --out $(DEMO_DIR)/vaccine --design vaccine --seed 20261128
+	@for d in $(DEMO_DIR)/vaccine/sites/*/; do $(BIN)/trialfed site check $$d --quiet || exit 1; done
+	$(BIN)/trialfed run experiments/plans/demo_vaccine.toml --sites $(DEMO_DIR)/vaccine/sites/* --out $(DEMO_DIR)/vaccine/results
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+bench-smoke: setup
+	$(BIN)/python -m benchmarks.run --smoke
+
+ui: setup
+	$(BIN)/trialfed ui
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""The ``trialfed`` command line.
+
+Every subcommand imports its module lazily so that ``trialfed site check`` does not pay for
+Flower, torch or MLflow. A :class:`analysis.errors.UserError` anywhere ends the command with its
+message on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from analysis.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from experiments.synth import main_synth
+
+    return main_synth(args)
+
+
+def _cmd_site_check(args: argparse.Namespace) -> int:
+    from sites.check import main_check
+
+    return main_check(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from experiments.launch import main_run
+
+    return main_run(args)
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from experiments.tracking import main_ui
+
+    return main_ui(args)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from experiments.deploy import main_deploy
+
+    return main_deploy(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="trialfed",
+        description="Federated survival and efficacy analysis for multinational clinical trials.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="write synthetic Japan-Korea trial site bundles")
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--design", choices=["vaccine", "drug"], default="vaccine")
+    synth.add_argument("--subjects", type=int, default=3000, help="total subjects (default 3000)")
+    synth.add_argument("--sites", type=int, default=6, help="number of sites, half JP half KR")
+    synth.add_argument("--seed", type=int, default=20261128)
+    synth.add_argument("--format", choices=["xpt", "csv", "parquet"], default="xpt")
+    synth.set_defaults(handler=_cmd_synth)
+
+    site = sub.add_parser("site", help="commands run at a hospital site")
+    site_sub = site.add_subparsers(dest="site_command", required=True, metavar="SITE_COMMAND")
+    check = site_sub.add_parser("check", help="validate a site bundle and print a short report")
+    check.add_argument("bundle", type=Path, help="site bundle folder (holds site.toml)")
+    check.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    check.set_defaults(handler=_cmd_site_check)
+    keygen = site_sub.add_parser("keygen", help="create this site's authentication key pair")
+    keygen.add_argument("--out", type=Path, required=True)
+    keygen.set_defaults(handler=_cmd_deploy)
+    start = site_sub.add_parser("start", help="serve this site bundle to a coordinator")
+    start.add_argument("bundle", type=Path)
+    start.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    start.add_argument("--ca", type=Path, required=True, help="coordinator CA certificate")
+    start.add_argument("--key", type=Path, required=True, help="site private key")
+    start.add_argument("--port", type=int, default=None, help="local ClientApp port")
+    start.set_defaults(handler=_cmd_deploy)
+
+    coord = sub.add_parser("coordinator", help="commands run at the coordinating centre")
+    coord_sub = coord.add_subparsers(dest="coordinator_command", required=True, metavar="CMD")
+    certs = coord_sub.add_parser("certs", help="create a CA and a server certificate")
+    certs.add_argument("--host", required=True, action="append", help="server host name or IP")
+    certs.add_argument("--out", type=Path, required=True)
+    certs.set_defaults(handler=_cmd_deploy)
+    cstart = coord_sub.add_parser("start", help="start the SuperLink with TLS and site auth")
+    cstart.add_argument("--certs", type=Path, required=True)
+    cstart.add_argument("--host", default="0.0.0.0")
+    cstart.add_argument("--port", type=int, default=9093)
+    cstart.set_defaults(handler=_cmd_deploy)
+    enroll = coord_sub.add_parser("enroll", help="enrol a site's public key")
+    enroll.add_argument("public_key", type=Path)
+    enroll.add_argument("--coordinator", default="127.0.0.1:9093", metavar="HOST:PORT")
+    enroll.add_argument("--ca", type=Path, default=None)
+    enroll.set_defaults(handler=_cmd_deploy)
+
+    run = sub.add_parser("run", help="run an analysis plan over the federation")
+    run.add_argument("plan", type=Path, help="analysis plan (TOML)")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sites", type=Path, nargs="+", help="site bundles (simulation engine)")
+    where.add_argument("--coordinator", metavar="HOST:PORT", help="running federation")
+    run.add_argument("--ca", type=Path, default=None, help="coordinator CA (deployment)")
+    run.add_argument("--out", type=Path, required=True, help="output folder for results.json")
+    run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    run.set_defaults(handler=_cmd_run)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the configured store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trialfed`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"trialfed: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("trialfed: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

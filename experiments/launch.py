@@ -1,0 +1,132 @@
+"""``trialfed run``: run an analysis plan and write results.json (and the MLflow run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import UserError
+from experiments.console import format_results
+from experiments.plan import Plan, load_plan
+
+VERSION_PACKAGES = ("trialfed", "flwr", "numpy", "scipy", "pandas", "lifelines", "mlflow")
+
+
+class RunError(Exception):
+    """A run that failed for a reason other than the user's input (exit status 1)."""
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that produced a result, for provenance."""
+    versions = {"python": sys.version.split()[0]}
+    for name in VERSION_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def check_bundle_paths(paths: list[Path]) -> list[Path]:
+    """Cheap coordinator-side check before the engine starts: each path is a site bundle."""
+    resolved = []
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"{path}: site bundle folder not found")
+        if not (path / "site.toml").is_file():
+            raise UserError(f"{path}: not a site bundle (no site.toml in it)")
+        resolved.append(path.resolve())
+    if len(set(resolved)) != len(resolved):
+        raise UserError("--sites names the same bundle folder twice")
+    return resolved
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN and infinities by None so results.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def build_results(plan: Plan, outcome: Any, engine: str, seconds: float) -> dict[str, Any]:
+    """The results.json document (docs/design.md)."""
+    return json_safe(
+        {
+            "study": {"id": plan.study_id, "title": plan.title},
+            "plan_sha256": plan.sha256,
+            "engine": engine,
+            "sites": outcome.sites,
+            "sites_missing": outcome.sites_missing,
+            "rounds": outcome.rounds,
+            "seconds": seconds,
+            "round_seconds": outcome.round_seconds,
+            "versions": package_versions(),
+            "analyses": outcome.analyses,
+        }
+    )
+
+
+def _progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def execute(plan: Plan, sites: list[Path] | None, coordinator: str | None, ca: Path | None) -> Any:
+    """Run the plan on the chosen engine and return the protocol outcome."""
+    if sites is not None:
+        from federation.simulation import run_simulated
+
+        return run_simulated(plan, sites, progress=_progress)
+    from experiments.deploy import run_deployed
+
+    return run_deployed(plan, coordinator or "", ca, progress=_progress)
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """Entry point of ``trialfed run``."""
+    from federation.protocol import RunFailed
+
+    plan = load_plan(args.plan)
+    sites = check_bundle_paths(list(args.sites)) if args.sites else None
+    engine = "simulation" if sites is not None else "deployment"
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"trialfed: running plan {plan.study_id} ({len(plan.analyses)} analyses) on "
+        f"{len(sites) if sites else 'the federation at ' + str(args.coordinator)}"
+        f"{' sites' if sites else ''} [{engine}]",
+        file=sys.stderr,
+    )
+    from experiments.tracking import tracked_run
+
+    site_info = [{"path": str(p)} for p in sites] if sites else []
+    start = time.perf_counter()
+    try:
+        with tracked_run(
+            study_id=plan.study_id,
+            study_title=plan.title,
+            plan_text=plan.text,
+            plan_sha256=plan.sha256,
+            sites=site_info,
+            engine=engine,
+            enabled=not args.no_tracking,
+        ) as run:
+            outcome = execute(plan, sites, args.coordinator, args.ca)
+            results = build_results(plan, outcome, engine, time.perf_counter() - start)
+            run.complete(results, out_dir)
+    except RunFailed as exc:
+        print(f"trialfed: run failed: {exc}", file=sys.stderr)
+        return 1
+    results = json.loads((out_dir / "results.json").read_text())
+    print(format_results(results))
+    print(f"\nresults: {out_dir / 'results.json'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,52 @@
+"""The trialfed ClientApp: a site answers aggregate queries about its own bundle.
+
+Deployment: the SuperNode gets the bundle folder through ``--node-config "bundle='/path'"``.
+Simulation: :func:`make_client_app` maps each virtual node's ``partition-id`` to a bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from analysis.errors import UserError
+from federation.codec import decode, encode
+from sites.queries import answer, cached_bundle
+
+
+def handle(message: Message, bundle_path: Path) -> Message:
+    """Answer one query message; a refusal (bad data, plan or policy) is a normal reply."""
+    try:
+        reply = {"ok": True, "reply": answer(cached_bundle(bundle_path), decode(message.content))}
+    except UserError as exc:
+        reply = {"ok": False, "error": str(exc)}
+    return Message(content=encode(reply), reply_to=message)
+
+
+def _bundle_from_node_config(context: Context) -> Path:
+    bundle = context.node_config.get("bundle")
+    if not isinstance(bundle, str) or not bundle:
+        raise UserError("this SuperNode has no site bundle: start it with --node-config bundle=...")
+    return Path(bundle)
+
+
+def make_client_app(bundles: Sequence[Path] | None = None) -> ClientApp:
+    """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``."""
+    app = ClientApp()
+    paths = [str(Path(b).resolve()) for b in bundles] if bundles else None
+
+    @app.query("analysis")
+    def query(message: Message, context: Context) -> Message:
+        if paths is not None:
+            path = Path(paths[int(context.node_config["partition-id"])])
+        else:
+            path = _bundle_from_node_config(context)
+        return handle(message, path)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,54 @@
+"""The protocol's :class:`~federation.protocol.Transport` over a Flower ``Grid``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from federation.codec import MESSAGE_TYPE, decode, encode
+from federation.protocol import SiteFailure
+
+
+class GridTransport:
+    """Sends one query message per node through Flower and waits with a timeout."""
+
+    def __init__(self, grid: Grid, expected_nodes: int = 0, connect_timeout: float = 60.0) -> None:
+        self.grid = grid
+        self.expected_nodes = expected_nodes
+        self.connect_timeout = connect_timeout
+
+    def nodes(self) -> list[int]:
+        """Connected node ids; waits up to ``connect_timeout`` for ``expected_nodes``."""
+        deadline = time.monotonic() + self.connect_timeout
+        ids = list(self.grid.get_node_ids())
+        while len(ids) < self.expected_nodes and time.monotonic() < deadline:
+            time.sleep(0.5)
+            ids = list(self.grid.get_node_ids())
+        return sorted(ids)
+
+    def exchange(
+        self, requests: Mapping[int, dict[str, Any]], timeout: float
+    ) -> dict[int, dict[str, Any] | SiteFailure]:
+        """One round: a message to each node, replies collected until ``timeout``."""
+        messages = [
+            Message(content=encode(request), dst_node_id=node, message_type=MESSAGE_TYPE)
+            for node, request in requests.items()
+        ]
+        outcomes: dict[int, dict[str, Any] | SiteFailure] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                outcomes[node] = SiteFailure(f"site error: {reply.error.reason}")
+                continue
+            payload = decode(reply.content)
+            if payload["ok"]:
+                outcomes[node] = payload["reply"]
+            else:
+                outcomes[node] = SiteFailure(payload["error"], refused=True)
+        for node in requests:
+            outcomes.setdefault(node, SiteFailure(f"no reply within {timeout:g} s"))
+        return outcomes

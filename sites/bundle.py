@@ -1,0 +1,310 @@
+"""Load a site bundle (``site.toml`` + ADaM ADSL and ADTTE) into a validated :class:`SiteBundle`.
+
+A bundle folder holds ``site.toml`` and exactly one ``adsl.*`` and one ``adtte.*`` file, each in
+SAS transport v5 (``.xpt``), CSV (``.csv``) or Parquet (``.parquet``) format. Loading reads and
+normalises the tables the same way for every format, then runs the rules of :mod:`sites.check`;
+any problem raises :class:`analysis.errors.UserError` listing all of them, so nothing leaves a
+site whose data are wrong.
+
+Normalisation
+-------------
+- Column names are stripped and upper-cased (SAS names are case-insensitive).
+- Numeric columns become float64; values within 1e-70 of zero become exactly 0.0 (pandas reads
+  some XPT zeros as 5.397605e-79, the smallest IBM float).
+- Other columns become object arrays of ``str``: bytes are decoded (UTF-8, else Latin-1),
+  whitespace is stripped and missing values become ``""``. Datetimes become ISO strings.
+- Columns that are character by ADaM naming convention (``*ID``, ``*FL``, ``*DTC``, ``*GRn`` and
+  the identifiers in :data:`CHARACTER_COLUMNS`) are always text, so ``SITEID = 701`` in a CSV
+  reads as ``"701"`` exactly as in the XPT file.
+- CSV cells are read as text; any other column whose non-blank cells all parse as numbers becomes
+  numeric (blank, ``NA``, ``NaN`` and SAS ``.`` count as missing), an entirely blank one too
+  (all NaN), since CSV cannot tell an empty text column from an empty numeric one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from analysis.data import SurvivalData
+from analysis.errors import UserError
+from sites import check
+
+FORMATS = {".xpt": "xpt", ".csv": "csv", ".parquet": "parquet"}
+"""Supported file suffixes and their format names."""
+
+# fmt: off
+CHARACTER_COLUMNS = frozenset({
+    "STUDYID", "USUBJID", "SUBJID", "SITEID", "TRT01P", "TRT01A", "TRTP", "TRTA", "ARM", "ARMCD",
+    "ACTARM", "ACTARMCD", "SEX", "RACE", "ETHNIC", "COUNTRY", "AGEU", "PARAMCD", "PARAM",
+    "EVNTDESC", "CNSDTDSC", "SRCDOM", "SRCVAR",
+})
+# fmt: on
+"""ADaM variables that are always text, whatever the file format stored."""
+
+_CHARACTER_PATTERN = re.compile(r"(ID|FL|DTC|GR\d+)$")
+_ZERO_ATOL = 1e-70
+
+
+@dataclass(frozen=True, eq=False)
+class SiteBundle:
+    """A validated site bundle.
+
+    Attributes
+    ----------
+    site_id, name, country : str
+        From the ``[site]`` table of ``site.toml``; ``country`` is an ISO 3166 alpha-2 code.
+    policy : dict
+        The ``[policy]`` table, every key kept (empty when absent).
+    path : Path
+        The bundle folder.
+    adsl, adtte : pandas.DataFrame
+        Normalised ADSL (one row per subject) and ADTTE (one row per subject and PARAMCD).
+    warnings : list of str
+        Problems that do not stop the analysis (small arms, subjects without ADTTE rows, ...).
+    files : mapping of str to Path
+        The files read, under the keys ``"site"``, ``"adsl"`` and ``"adtte"``.
+    """
+
+    site_id: str
+    name: str
+    country: str
+    policy: dict[str, Any]
+    path: Path
+    adsl: pd.DataFrame
+    adtte: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    files: Mapping[str, Path] = field(default_factory=dict)
+
+    def params(self) -> list[str]:
+        """The ADTTE parameter codes (PARAMCD), sorted."""
+        return sorted(set(self.adtte["PARAMCD"]))
+
+    def subjects(self) -> dict[str, NDArray[Any]]:
+        """Every ADSL column (one entry per subject) plus ``SITE`` and ``COUNTRY``."""
+        return self._covariates(np.arange(len(self.adsl)))
+
+    def survival_data(self, paramcd: str) -> SurvivalData:
+        """ADTTE rows of ``paramcd`` joined to ADSL by USUBJID.
+
+        Parameters
+        ----------
+        paramcd : str
+            Parameter code, one of :meth:`params`.
+
+        Returns
+        -------
+        SurvivalData
+            ``time = AVAL``, ``event = (CNSR == 0)``, covariates = every ADSL column (numeric
+            as float64, other as str) plus ``SITE`` (site id) and ``COUNTRY`` (site country).
+        """
+        rows = self.adtte[self.adtte["PARAMCD"] == paramcd]
+        if rows.empty:
+            available = ", ".join(repr(p) for p in self.params())
+            raise UserError(
+                f"parameter must be one of {{{available}}} at site {self.site_id}; got {paramcd!r}"
+            )
+        index = pd.Index(self.adsl["USUBJID"])
+        positions = index.get_indexer(rows["USUBJID"])
+        return SurvivalData(
+            time=rows["AVAL"].to_numpy(dtype=np.float64),
+            event=rows["CNSR"].to_numpy(dtype=np.float64) == 0.0,
+            covariates=self._covariates(positions),
+        )
+
+    def _covariates(self, positions: NDArray[np.intp]) -> dict[str, NDArray[Any]]:
+        covariates: dict[str, NDArray[Any]] = {}
+        for name in self.adsl.columns:
+            covariates[str(name)] = self.adsl[name].to_numpy()[positions]
+        n = len(positions)
+        covariates["SITE"] = np.full(n, self.site_id, dtype=object)
+        covariates["COUNTRY"] = np.full(n, self.country, dtype=object)
+        return covariates
+
+
+def load_bundle(path: str | Path) -> SiteBundle:
+    """Read, normalise and validate the site bundle in folder ``path``.
+
+    Raises
+    ------
+    UserError
+        When the folder, ``site.toml`` or either table is missing, unreadable or breaks a rule
+        of :mod:`sites.check`; the message lists every problem found (file, column, rows, value).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"site bundle folder not found: {folder}")
+    problems: list[str] = []
+    site, toml_problems = read_site_toml(folder / "site.toml")
+    problems += toml_problems
+    country = site.get("country") if not toml_problems else None
+
+    tables: dict[str, tuple[Path, pd.DataFrame]] = {}
+    for dataset in ("adsl", "adtte"):
+        try:
+            file = find_dataset(folder, dataset)
+            tables[dataset] = (file, read_table(file))
+        except UserError as exc:
+            problems.append(str(exc))
+    if "adsl" in tables:
+        file, frame = tables["adsl"]
+        problems += check.check_adsl(frame, file.name, country=country)
+    if "adtte" in tables:
+        file, frame = tables["adtte"]
+        problems += check.check_adtte(frame, file.name)
+    if not problems:
+        (adsl_file, adsl), (adtte_file, adtte) = tables["adsl"], tables["adtte"]
+        problems += check.check_subjects(adsl, adtte, adsl_file.name, adtte_file.name)
+    if problems:
+        check.raise_problems(folder, problems)
+
+    (adsl_file, adsl), (adtte_file, adtte) = tables["adsl"], tables["adtte"]
+    for frame, columns in ((adsl, ["AGE"]), (adtte, ["AVAL", "CNSR"])):
+        for column in columns:
+            frame[column] = check.to_numbers(frame[column])[0]
+    warnings = check.site_warnings(adsl, adtte, adsl_file.name, adtte_file.name)
+    return SiteBundle(
+        site_id=site["id"],
+        name=site["name"],
+        country=site["country"],
+        policy=site["policy"],
+        path=folder,
+        adsl=adsl,
+        adtte=adtte,
+        warnings=warnings,
+        files={"site": folder / "site.toml", "adsl": adsl_file, "adtte": adtte_file},
+    )
+
+
+def read_site_toml(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Parse ``site.toml``; return ``{"id", "name", "country", "policy"}`` and its problems."""
+    if not path.is_file():
+        return {}, [f"{path.name}: file not found in {path.parent}"]
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return {}, [f"{path.name}: TOML syntax error: {exc}"]
+    problems = check.check_site_table(document, path.name)
+    if problems:
+        return {}, problems
+    site = document["site"]
+    policy = dict(document.get("policy", {}))
+    return {
+        "id": site["id"],
+        "name": site["name"],
+        "country": site["country"],
+        "policy": policy,
+    }, []
+
+
+def find_dataset(folder: Path, dataset: str) -> Path:
+    """The one ``<dataset>.*`` file in ``folder``; UserError naming the files otherwise."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.stem.lower() == dataset)
+    supported = ", ".join(FORMATS)
+    if not found:
+        raise UserError(
+            f"{dataset}: no {dataset} file in {folder} (expected {dataset}.xpt, "
+            f"{dataset}.csv or {dataset}.parquet)"
+        )
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise UserError(f"{dataset}: exactly one {dataset} file allowed; found {names}")
+    if found[0].suffix.lower() not in FORMATS:
+        raise UserError(f"{found[0].name}: unsupported file format (supported: {supported})")
+    return found[0]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read one ADaM table (.xpt, .csv, .parquet) and normalise it (see the module notes)."""
+    fmt = FORMATS[path.suffix.lower()]
+    if path.stat().st_size == 0:
+        raise UserError(f"{path.name}: file is empty (0 bytes)")
+    try:
+        if fmt == "xpt":
+            frame = _read_xpt(path)
+        elif fmt == "csv":
+            frame = _read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except Exception as exc:  # every reader has its own errors; all mean "unreadable"
+        kind = {"xpt": "SAS transport (XPT) file", "csv": "CSV file", "parquet": "Parquet file"}
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path.name}: cannot be read as a {kind[fmt]}: {detail}") from None
+    return normalise(frame, infer_numbers=fmt == "csv")
+
+
+def _read_xpt(path: Path) -> pd.DataFrame:
+    with pd.read_sas(path, format="xport", encoding="latin-1", iterator=True) as reader:
+        xport: Any = reader  # XportReader: nobs and columns are not in pandas-stubs
+        if xport.nobs == 0:  # pandas raises StopIteration on a header-only file
+            return pd.DataFrame(columns=[_text(c) for c in xport.columns])
+        return reader.read()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    options: dict[str, Any] = {"dtype": str, "keep_default_na": False}
+    try:
+        return pd.read_csv(path, encoding="utf-8-sig", **options)
+    except UnicodeDecodeError:
+        return pd.read_csv(path, encoding="latin-1", **options)
+
+
+def is_character(name: str) -> bool:
+    """True for ADaM variables that are text by convention (``*ID``, ``*FL``, ``*DTC``, ...)."""
+    return name in CHARACTER_COLUMNS or _CHARACTER_PATTERN.search(name) is not None
+
+
+def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
+    """Normalise column names and values (see the module notes); returns a new DataFrame."""
+    columns: dict[str, NDArray[Any]] = {}
+    for position, original in enumerate(frame.columns):
+        name = _text(original).upper()
+        values = frame.iloc[:, position]
+        if values.dtype.kind in "biuf" and not is_character(name):
+            numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            text = _as_text(values)
+            if is_character(name) or not infer_numbers:
+                columns[name] = text
+                continue
+            numbers, bad = check.parse_numbers(text)
+            if bad.any():
+                columns[name] = text
+                continue
+        columns[name] = np.where(np.isclose(numbers, 0.0, rtol=0.0, atol=_ZERO_ATOL), 0.0, numbers)
+    return pd.DataFrame(columns)
+
+
+def _as_text(values: pd.Series) -> NDArray[np.object_]:
+    if values.dtype.kind == "M":
+        values = values.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    text = np.empty(len(values), dtype=object)
+    text[:] = [_text(v) for v in values]
+    return text
+
+
+def _text(value: Any) -> str:
+    """One cell as stripped text: bytes decoded, missing -> "", 701.0 -> "701"."""
+    if value is None or value is pd.NaT or value is pd.NA:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return value.decode("latin-1").strip()
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return ""
+        if float(value).is_integer():
+            return str(int(value))
+    return str(value).strip()

@@ -1,0 +1,380 @@
+"""Validation rules for site bundles and the ``trialfed site check`` command.
+
+The rule functions take parsed tables and return lists of problems (plain strings that name the
+file, the column, the 1-based data row(s) and the offending value). :func:`sites.bundle.load_bundle`
+runs them all and raises one :class:`analysis.errors.UserError` listing every problem, so the same
+rules guard ``trialfed site check`` and every analysis that reads a bundle.
+
+Errors (the bundle is refused):
+
+- ``site.toml`` missing, not TOML, without ``[site]`` or its ``id``/``name``/``country``, or with a
+  country that is not an ISO 3166 alpha-2 code;
+- a missing, duplicated, empty (0 bytes), header-only or unreadable ``adsl.*``/``adtte.*`` file;
+- a missing required column (:data:`ADSL_REQUIRED`, :data:`ADTTE_REQUIRED`);
+- blank USUBJID, PARAMCD or TRT01P; non-numeric or negative AGE;
+- AVAL missing, non-numeric, negative or infinite; CNSR other than 0 (event) or 1 (censored);
+- duplicated USUBJID in ADSL, duplicated USUBJID + PARAMCD in ADTTE;
+- ADTTE subjects absent from ADSL; an ADSL ``COUNTRY`` different from the ``site.toml`` country.
+
+Warnings (the bundle is accepted): an arm with fewer than :data:`MIN_ARM_SIZE` subjects, ADSL
+subjects without ADTTE rows, a PARAMCD without events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from analysis.errors import UserError
+
+if TYPE_CHECKING:
+    from sites.bundle import SiteBundle
+
+ADSL_REQUIRED = ("STUDYID", "USUBJID", "SITEID", "TRT01P", "AGE", "SEX")
+"""Columns every ADSL file must have."""
+ADTTE_REQUIRED = ("USUBJID", "PARAMCD", "PARAM", "AVAL", "CNSR")
+"""Columns every ADTTE file must have."""
+MISSING_TOKENS = frozenset({"", "NA", "NaN", "nan", "."})
+"""Text cells read as a missing number (SAS writes missing numerics as ``.``)."""
+MIN_ARM_SIZE = 5
+"""Arms with fewer subjects at a site get a warning."""
+MAX_PROBLEMS = 20
+"""At most this many problems are listed in one error message."""
+MAX_LINES_PER_RULE = 5
+"""At most this many lines (values, subjects) per rule and column."""
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CNSR_ALLOWED = "(allowed: 0 = event, 1 = censored)"
+
+
+def to_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse a column as float64 (see :func:`parse_numbers`), keeping its index."""
+    numbers, bad = parse_numbers(values)
+    return pd.Series(numbers, index=values.index), pd.Series(bad, index=values.index)
+
+
+def parse_numbers(
+    values: pd.Series | NDArray[Any],
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Parse cells as float64.
+
+    Returns
+    -------
+    numbers : ndarray of float64
+        Parsed values; NaN where missing (:data:`MISSING_TOKENS`) or not a number.
+    bad : ndarray of bool
+        True where a cell is present but is not a number.
+    """
+    if values.dtype.kind in "biuf":
+        if isinstance(values, pd.Series):
+            return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(values), bool)
+        return values.astype(np.float64), np.zeros(len(values), dtype=bool)
+    numbers = np.full(len(values), np.nan)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, cell in enumerate(values):
+        text = "" if cell is None else str(cell).strip()
+        if text in MISSING_TOKENS:
+            continue
+        try:
+            numbers[i] = float(text) if "_" not in text else float("invalid")
+        except ValueError:
+            bad[i] = True
+    return numbers, bad
+
+
+def check_site_table(document: dict[str, Any], file: str = "site.toml") -> list[str]:
+    """Rules for the parsed ``site.toml``: ``[site]`` with id, name, country; ``[policy]``."""
+    site = document.get("site")
+    if not isinstance(site, dict):
+        return [f"{file}: missing [site] table (with keys id, name, country)"]
+    problems = []
+    for key in ("id", "name", "country"):
+        value = site.get(key)
+        if key not in site:
+            problems.append(f"{file}: [site] is missing key {key!r}")
+        elif not isinstance(value, str) or not value.strip():
+            problems.append(f"{file}: [site] {key} must be a non-empty string; got {value!r}")
+    site_id = site.get("id")
+    if isinstance(site_id, str) and site_id.strip() and not _SITE_ID.fullmatch(site_id):
+        problems.append(
+            f"{file}: [site] id must be letters, digits, '_', '.' or '-'; got {site_id!r}"
+        )
+    country = site.get("country")
+    if isinstance(country, str) and country.strip() and not _COUNTRY.fullmatch(country):
+        problems.append(
+            f"{file}: [site] country must be an ISO 3166 alpha-2 code of 2 uppercase letters "
+            f"(e.g. 'JP', 'KR'); got {country!r}"
+        )
+    if "policy" in document and not isinstance(document["policy"], dict):
+        problems.append(f"{file}: [policy] must be a table; got {document['policy']!r}")
+    return problems
+
+
+def check_adsl(frame: pd.DataFrame, file: str, country: str | None = None) -> list[str]:
+    """Rules for a normalised ADSL table; ``country`` (from site.toml) checks a COUNTRY column."""
+    if frame.empty:
+        return [f"{file}: no data rows (the file has only a header)"]
+    problems = _missing_columns(frame, file, ADSL_REQUIRED)
+    problems += _blank(frame, file, "USUBJID", "missing subject identifier")
+    problems += _blank(frame, file, "TRT01P", "missing planned treatment arm")
+    if "USUBJID" in frame:
+        problems += _duplicates(frame, file, ["USUBJID"], "one row per subject")
+    if "AGE" in frame:
+        age, bad = to_numbers(frame["AGE"])
+        problems += _by_value(frame, file, "AGE", bad, lambda v: f"non-numeric age {v}")
+        problems += _by_value(frame, file, "AGE", age < 0, lambda v: f"negative age {v}", True)
+    if country is not None and "COUNTRY" in frame:
+        wrong = frame["COUNTRY"] != country
+        problems += _by_value(
+            frame,
+            file,
+            "COUNTRY",
+            wrong,
+            lambda v: f"{v} differs from site.toml country {country!r}",
+        )
+    return problems
+
+
+def check_adtte(frame: pd.DataFrame, file: str) -> list[str]:
+    """Rules for a normalised ADTTE table."""
+    if frame.empty:
+        return [f"{file}: no data rows (the file has only a header)"]
+    problems = _missing_columns(frame, file, ADTTE_REQUIRED)
+    problems += _blank(frame, file, "USUBJID", "missing subject identifier")
+    problems += _blank(frame, file, "PARAMCD", "missing parameter code")
+    if "AVAL" in frame:
+        aval, bad = to_numbers(frame["AVAL"])
+        missing = aval.isna() & ~bad
+        problems += _rows_line(file, "AVAL", missing, "missing analysis value (time)")
+        problems += _by_value(frame, file, "AVAL", bad, lambda v: f"non-numeric time {v}")
+        problems += _by_value(
+            frame, file, "AVAL", aval < 0, lambda v: f"negative time {v} (AVAL must be >= 0)", True
+        )
+        problems += _by_value(
+            frame,
+            file,
+            "AVAL",
+            np.isinf(aval),
+            lambda v: f"infinite time {v} (must be finite)",
+            True,
+        )
+    if "CNSR" in frame:
+        cnsr, bad = to_numbers(frame["CNSR"])
+        missing = cnsr.isna() & ~bad
+        problems += _rows_line(file, "CNSR", missing, f"missing censoring code {_CNSR_ALLOWED}")
+        unknown = bad | (cnsr.notna() & ~cnsr.isin([0.0, 1.0]))
+        problems += _by_value(
+            frame,
+            file,
+            "CNSR",
+            unknown,
+            lambda v: f"unknown censoring code {v} {_CNSR_ALLOWED}",
+            True,
+        )
+    if "USUBJID" in frame and "PARAMCD" in frame:
+        problems += _duplicates(
+            frame, file, ["USUBJID", "PARAMCD"], "one row per subject and parameter"
+        )
+    return problems
+
+
+def check_subjects(
+    adsl: pd.DataFrame, adtte: pd.DataFrame, adsl_file: str, adtte_file: str
+) -> list[str]:
+    """Every ADTTE subject must be in ADSL."""
+    absent = ~adtte["USUBJID"].isin(set(adsl["USUBJID"]))
+    return _by_value(
+        adtte, adtte_file, "USUBJID", absent, lambda v: f"subject {v} is not in {adsl_file}"
+    )
+
+
+def site_warnings(
+    adsl: pd.DataFrame, adtte: pd.DataFrame, adsl_file: str, adtte_file: str
+) -> list[str]:
+    """Warnings for a valid bundle: small arms, subjects without ADTTE rows, no events."""
+    warnings = []
+    for arm, count in adsl["TRT01P"].value_counts(sort=False).sort_index().items():
+        if count < MIN_ARM_SIZE:
+            warnings.append(
+                f"{adsl_file}: arm {arm!r} has {count} subject(s) at this site (fewer than "
+                f"{MIN_ARM_SIZE}); results by arm may disclose individual subjects"
+            )
+    without = ~adsl["USUBJID"].isin(set(adtte["USUBJID"]))
+    if without.any():
+        shown = ", ".join(repr(s) for s in adsl.loc[without, "USUBJID"][:MAX_LINES_PER_RULE])
+        more = ", ..." if without.sum() > MAX_LINES_PER_RULE else ""
+        warnings.append(
+            f"{adsl_file}: {int(without.sum())} subject(s) have no rows in {adtte_file} "
+            f"({_rows(without)}): {shown}{more}"
+        )
+    for paramcd, cnsr in adtte.groupby("PARAMCD", sort=True)["CNSR"]:
+        if not (cnsr == 0).any():
+            warnings.append(
+                f"{adtte_file}: parameter {paramcd!r} has no events at this site "
+                f"({len(cnsr)} rows, all censored)"
+            )
+    return warnings
+
+
+def raise_problems(folder: Path, problems: Sequence[str]) -> NoReturn:
+    """Raise one UserError listing up to :data:`MAX_PROBLEMS` problems of bundle ``folder``."""
+    if len(problems) == 1:
+        raise UserError(f"site bundle {folder} is not valid: {problems[0]}")
+    lines = [f"site bundle {folder} is not valid ({len(problems)} problems):"]
+    lines += [f"  - {p}" for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"  - ... and {len(problems) - MAX_PROBLEMS} more")
+    raise UserError("\n".join(lines))
+
+
+def format_report(bundle: SiteBundle) -> str:
+    """The short ``site check`` report: site, subjects, arms, events per parameter."""
+    files = ", ".join(bundle.files[k].name for k in ("adsl", "adtte") if k in bundle.files)
+    lines = [
+        f"site {bundle.site_id}: {bundle.name} ({bundle.country})",
+        f"bundle: {bundle.path} ({files})",
+        f"subjects: {len(bundle.adsl)}",
+        "arms (TRT01P):",
+    ]
+    arms = bundle.adsl["TRT01P"].value_counts(sort=False).sort_index()
+    width = max(len(str(arm)) for arm in arms.index)
+    lines += [f"  {arm:<{width}}  {count:>5}" for arm, count in arms.items()]
+    lines.append("parameters (ADTTE):")
+    for paramcd in bundle.params():
+        rows = bundle.adtte[bundle.adtte["PARAMCD"] == paramcd]
+        events = int((rows["CNSR"] == 0).sum())
+        lines.append(
+            f"  {paramcd}: {events} events, {len(rows) - events} censored, follow-up "
+            f"{rows['AVAL'].min():g} to {rows['AVAL'].max():g} ({rows['PARAM'].iloc[0]})"
+        )
+    status = f"{len(bundle.warnings)} warning(s)" if bundle.warnings else "no warnings"
+    lines.append(f"valid: yes, {status}")
+    return "\n".join(lines)
+
+
+def main_check(args: argparse.Namespace) -> int:
+    """``trialfed site check BUNDLE [--quiet]``: validate and report; 0 when valid.
+
+    The report goes to stdout (not with ``--quiet``), warnings to stderr; an invalid bundle
+    raises UserError, which the CLI turns into exit status 2.
+    """
+    from sites.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    if not getattr(args, "quiet", False):
+        print(format_report(bundle))
+    for warning in bundle.warnings:
+        print(f"trialfed: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _missing_columns(frame: pd.DataFrame, file: str, required: Sequence[str]) -> list[str]:
+    missing = [c for c in required if c not in frame.columns]
+    if not missing:
+        return []
+    found = ", ".join(str(c) for c in frame.columns)
+    plural = "s" if len(missing) > 1 else ""
+    return [f"{file}: missing required column{plural} {', '.join(missing)} (found: {found})"]
+
+
+def _blank(frame: pd.DataFrame, file: str, column: str, what: str) -> list[str]:
+    if column not in frame:
+        return []
+    return _rows_line(file, column, frame[column].astype(str).str.strip() == "", what)
+
+
+def _rows_line(file: str, column: str, mask: pd.Series, what: str) -> list[str]:
+    if not mask.any():
+        return []
+    return [f"{file}: column {column}, {_rows(mask)}: {what}"]
+
+
+def _by_value(
+    frame: pd.DataFrame,
+    file: str,
+    column: str,
+    mask: pd.Series,
+    what: Callable[[str], str],
+    numeric: bool = False,
+) -> list[str]:
+    """One line per distinct offending value: ``file: column C, rows 3, 7: <what(value)>``.
+
+    With ``numeric``, text cells that are numbers are shown as numbers (``2``, not ``'2'``).
+    """
+    if not mask.any():
+        return []
+    selected = mask.to_numpy(dtype=bool)
+    cells = frame.loc[selected, column]
+    shown = [_show(v) for v in (_as_number(v) for v in cells)] if numeric else map(_show, cells)
+    groups: dict[str, list[int]] = {}
+    for position, value in zip(np.flatnonzero(selected), shown, strict=True):
+        groups.setdefault(value, []).append(int(position))
+    lines = [
+        f"{file}: column {column}, {_rows(positions)}: {what(value)}"
+        for value, positions in list(groups.items())[:MAX_LINES_PER_RULE]
+    ]
+    if len(groups) > MAX_LINES_PER_RULE:
+        lines.append(
+            f"{file}: column {column}: {len(groups) - MAX_LINES_PER_RULE} more distinct values "
+            "with the same problem"
+        )
+    return lines
+
+
+def _as_number(value: Any) -> Any:
+    """``value`` as a float when it is text that parses as a number, else unchanged."""
+    if isinstance(value, str):
+        number, bad = parse_numbers(np.array([value], dtype=object))
+        if not bad[0] and not np.isnan(number[0]):
+            return float(number[0])
+    return value
+
+
+def _duplicates(frame: pd.DataFrame, file: str, keys: list[str], rule: str) -> list[str]:
+    table = frame[keys].reset_index(drop=True)
+    dup = table.duplicated(keep=False) & (table != "").all(axis=1)
+    if not dup.any():
+        return []
+    lines = []
+    groups = table[dup].groupby(keys, sort=False).groups
+    for key, index in list(groups.items())[:MAX_LINES_PER_RULE]:
+        values = key if isinstance(key, tuple) else (key,)
+        what = ", ".join(f"{k} {_show(v)}" for k, v in zip(keys, values, strict=True))
+        lines.append(
+            f"{file}: column{'s' if len(keys) > 1 else ''} {', '.join(keys)}, "
+            f"{_rows(list(index))}: duplicate record for {what} ({rule})"
+        )
+    if len(groups) > MAX_LINES_PER_RULE:
+        lines.append(f"{file}: {len(groups) - MAX_LINES_PER_RULE} more duplicated keys")
+    return lines
+
+
+def _rows(rows: pd.Series | Sequence[int]) -> str:
+    """``row 3`` or ``rows 3, 7, 9`` (1-based data rows) from a mask or 0-based positions."""
+    if isinstance(rows, pd.Series):
+        positions = [int(p) for p in np.flatnonzero(rows.to_numpy(dtype=bool))]
+    else:
+        positions = [int(p) for p in rows]
+    numbers = [str(p + 1) for p in positions]
+    if len(numbers) == 1:
+        return f"row {numbers[0]}"
+    if len(numbers) > 10:
+        return f"rows {', '.join(numbers[:10])}, ... ({len(numbers)} rows)"
+    return f"rows {', '.join(numbers)}"
+
+
+def _show(value: Any) -> str:
+    """A value as written in messages: numbers plainly (2, -3.5), text quoted ('abc')."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, float | np.floating | int | np.integer):
+        return repr(float(value)) if isinstance(value, float | np.floating) else str(value)
+    return repr(str(value))

@@ -1,0 +1,209 @@
+"""The site's query handler: checks a coordinator request against the bundle and the site
+policy, then answers it with aggregates computed by ``analysis/``. Never returns a row.
+
+A request is a dict (see ``federation/protocol.py`` for who builds it)::
+
+    {"round": 1,
+     "summary": [{"id", "by"}],
+     "event_tables": [{"id", "param", "by": [...]}],
+     "cox_local": [{"id", "kind", "param", "model": {...}}],
+     "cox_eval": [{"id", "kind", "param", "model": {...}, "beta", "mode", "center", "grids"}]}
+
+The whole request is validated before anything is computed, so a wrong plan or a wrong bundle
+makes the site answer with an error and no aggregate at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import cox, km, summary
+from analysis.base import format_level
+from analysis.data import SurvivalData
+from analysis.errors import UserError
+from sites.bundle import SiteBundle, load_bundle
+
+# Parsed bundles and endpoint data, per process: a simulation actor serves many virtual sites
+# and answers several rounds, so parsing once per bundle matters. Keyed by the files' mtimes
+# and sizes so an edited bundle is reloaded.
+_CACHE_SIZE = 64
+_BUNDLES: dict[str, tuple[tuple[tuple[str, float, int], ...], SiteBundle]] = {}
+_DATA: dict[tuple[int, str], SurvivalData] = {}
+
+
+def cached_bundle(path: Path) -> SiteBundle:
+    """Load a bundle once per process; reload it when a file in it changed."""
+    folder = Path(path).resolve()
+    try:
+        stamp = tuple(
+            sorted((p.name, p.stat().st_mtime, p.stat().st_size) for p in folder.iterdir())
+        )
+    except OSError:
+        stamp = ()
+    cached = _BUNDLES.get(str(folder))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    bundle = load_bundle(folder)
+    if len(_BUNDLES) >= _CACHE_SIZE:
+        _BUNDLES.clear()
+        _DATA.clear()
+    _BUNDLES[str(folder)] = (stamp, bundle)
+    return bundle
+
+
+def _data(bundle: SiteBundle, param: str) -> SurvivalData:
+    key = (id(bundle), param)
+    if key not in _DATA:
+        _DATA[key] = bundle.survival_data(param)
+    return _DATA[key]
+
+
+def site_info(bundle: SiteBundle) -> dict[str, Any]:
+    """Site identity and size; the counts are those of the site's own check report."""
+    params = {}
+    for param in bundle.params():
+        data = _data(bundle, param)
+        params[param] = {"n": data.n, "events": data.n_events}
+    return {
+        "id": bundle.site_id,
+        "name": bundle.name,
+        "country": bundle.country,
+        "n": int(len(bundle.adsl)),
+        "params": params,
+    }
+
+
+def _allowed_kinds(bundle: SiteBundle) -> set[str] | None:
+    allowed = bundle.policy.get("allowed_analyses")
+    if allowed is None:
+        return None
+    return {str(a) for a in allowed}
+
+
+def validate_request(bundle: SiteBundle, request: dict[str, Any]) -> None:
+    """Refuse a request this site cannot or may not answer, naming the reason."""
+    allowed = _allowed_kinds(bundle)
+    params = set(bundle.params())
+    variables = set(bundle.adsl.columns) | {"SITE", "COUNTRY"}
+    for section in ("summary", "event_tables", "cox_local", "cox_eval"):
+        for query in request.get(section, []):
+            kind = query.get("kind", "summary" if section == "summary" else "")
+            if allowed is not None and kind not in allowed:
+                raise UserError(
+                    f"site {bundle.site_id}: policy allowed_analyses {sorted(allowed)} "
+                    f"does not allow analyses of kind {kind!r} (analysis {query.get('analysis')!r})"
+                )
+            param = query.get("param")
+            if param is not None and param not in params:
+                raise UserError(
+                    f"site {bundle.site_id}: endpoint PARAMCD {param!r} (analysis "
+                    f"{query.get('analysis')!r}) is not in adtte; available: {sorted(params)}"
+                )
+            needed = list(query.get("by", [])) if section != "summary" else [query["by"]]
+            model = query.get("model")
+            if model:
+                needed += list(model["covariates"]) + list(model["strata"])
+                needed += [v for pair in model.get("interactions", []) for v in pair]
+                needed += list(model.get("filter", {}))
+            for var in needed:
+                if var not in variables:
+                    raise UserError(
+                        f"site {bundle.site_id}: variable {var!r} (analysis "
+                        f"{query.get('analysis')!r}) is not in adsl; available: "
+                        f"{', '.join(sorted(variables))}"
+                    )
+
+
+def _site_summary(bundle: SiteBundle, by: str) -> dict[str, Any]:
+    """Table 1 sums by ``by``: subjects from ADSL, events per endpoint from ADTTE."""
+    subjects = bundle.subjects()
+    endpoints = {}
+    for param in bundle.params():
+        data = _data(bundle, param)
+        endpoints[param] = (_labels(data.column(by)), data.event)
+    age = np.asarray(subjects["AGE"], dtype=np.float64)
+    return summary.summary_aggregate(
+        _labels(subjects[by]), age, _labels(subjects["SEX"]), endpoints
+    )
+
+
+def _labels(values: Any) -> Any:
+    return np.asarray([format_level(v) for v in values], dtype=object)
+
+
+def _model_data(bundle: SiteBundle, query: dict[str, Any]) -> SurvivalData:
+    data = _data(bundle, query["param"])
+    for var, value in query["model"].get("filter", {}).items():
+        column = data.column(var)
+        data = data.subset(np.asarray([format_level(v) == value for v in column], dtype=bool))
+    return data
+
+
+def _level_variables(model: dict[str, Any]) -> list[str]:
+    names = list(model["covariates"]) + [v for pair in model.get("interactions", []) for v in pair]
+    return list(dict.fromkeys(names))
+
+
+def _spec(model: dict[str, Any], data: SurvivalData) -> cox.CoxSpec:
+    levels = model.get("levels")
+    if levels is None:  # round 1: this site's own levels, plan reference first (even if absent)
+        reference = model.get("reference", {})
+        local = cox.local_levels(data, _level_variables(model))
+        levels = {
+            var: ([reference[var]] if var in reference else [])
+            + [lvl for lvl in found if lvl != reference.get(var)]
+            for var, found in local.items()
+        }
+    return cox.CoxSpec(
+        covariates=tuple(model["covariates"]),
+        levels={k: tuple(v) for k, v in levels.items()},
+        interactions=tuple((a, b) for a, b in model.get("interactions", [])),
+        strata=tuple(model["strata"]),
+        ties=cox.check_ties(model["ties"]),
+    )
+
+
+def answer(bundle: SiteBundle, request: dict[str, Any]) -> dict[str, Any]:
+    """Answer one coordinator request with aggregates only."""
+    validate_request(bundle, request)
+    reply: dict[str, Any] = {"site": site_info(bundle)}
+    if request.get("summary"):
+        reply["summary"] = {}
+        for query in request["summary"]:
+            reply["summary"][query["id"]] = _site_summary(bundle, query["by"])
+    if request.get("event_tables"):
+        reply["event_tables"] = {}
+        for query in request["event_tables"]:
+            tables = km.grouped_event_tables(_data(bundle, query["param"]), query["by"])
+            reply["event_tables"][query["id"]] = [
+                {"key": list(key), **asdict(table)} for key, table in sorted(tables.items())
+            ]
+    if request.get("cox_local"):
+        reply["cox_local"] = {}
+        for query in request["cox_local"]:
+            data = _model_data(bundle, query)
+            spec = _spec(query["model"], data)
+            fit = cox.local_fit(data, spec)
+            reply["cox_local"][query["id"]] = {
+                **asdict(fit),
+                "levels": cox.local_levels(data, _level_variables(query["model"])),
+            }
+    if request.get("cox_eval"):
+        reply["cox_eval"] = {}
+        for query in request["cox_eval"]:
+            data = _model_data(bundle, query)
+            spec = _spec(query["model"], data)
+            beta = np.asarray(query["beta"], dtype=np.float64)
+            if query["mode"] == "stratified":
+                derivs = cox.stratified_derivatives(data, spec, beta)
+                reply["cox_eval"][query["id"]] = asdict(derivs)
+            else:
+                grids = {tuple(g["key"]): np.asarray(g["time"]) for g in query["grids"]}
+                center = np.asarray(query["center"], dtype=np.float64)
+                moments = cox.risk_set_moments(data, spec, beta, center, grids)
+                reply["cox_eval"][query["id"]] = cox.moments_to_payload(moments)
+    return reply

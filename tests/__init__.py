@@ -1,0 +1,1 @@
+"""trialfed tests."""

@@ -1,0 +1,123 @@
+"""End to end: a tracked run, the MLflow UI on it (`start_ui`), and headless Chromium.
+
+The screenshots stay in tests/artifacts/ (gitignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from experiments.tracking import start_ui, stop_ui, tracked_run, wait_until_ready
+from tests.results_fixture import (
+    PLAN_TEXT,
+    STUDY_ID,
+    STUDY_TITLE,
+    make_results,
+    make_sites,
+    plan_sha256,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(
+        "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning"
+    ),
+]
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.status, resp.headers.get_content_type(), resp.read()
+
+
+def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=20000",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_mlflow_ui_shows_run_plots_and_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracked_run(
+        study_id=STUDY_ID,
+        study_title=STUDY_TITLE,
+        plan_text=PLAN_TEXT,
+        plan_sha256=plan_sha256(),
+        sites=make_sites(),
+        engine="simulation",
+    ) as run:
+        run.complete(make_results(), tmp_path / "out")
+    run_id, exp_id = run.run_id, run.experiment_id
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with (tmp_path / "ui.log").open("wb") as log:
+        proc = start_ui("127.0.0.1", port, uri, log=log)
+        try:
+            wait_until_ready(base, timeout=240, proc=proc)
+            status, _, body = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")
+            assert status == 200
+            assert json.loads(body)["run"]["info"]["status"] == "FINISHED"
+            # Artifacts through MLflow's artifact REST path, as the UI fetches them.
+            status, ctype, png = _get(
+                f"{base}/get-artifact?path=km_km_arrest.png&run_uuid={run_id}"
+            )
+            assert (status, ctype) == (200, "image/png") and png.startswith(b"\x89PNG")
+            status, ctype, html = _get(f"{base}/get-artifact?path=report.html&run_uuid={run_id}")
+            assert (status, ctype) == (200, "text/html")
+            assert b"Study and provenance" in html and run_id.encode() in html
+
+            page = f"{base}/#/experiments/{exp_id}/runs/{run_id}"
+            shot = ARTIFACTS / "mlflow_run.png"
+            shot.unlink(missing_ok=True)
+            res = _chromium(tmp_path / "chrome", f"--screenshot={shot}", page)
+            assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+            res = _chromium(tmp_path / "chrome", "--dump-dom", page)
+            assert STUDY_ID in res.stdout and "efficacy (ve)" in res.stdout, res.stdout[-2000:]
+
+            art_page = f"{page}/artifacts/report.html"
+            shot = ARTIFACTS / "mlflow_report.png"
+            shot.unlink(missing_ok=True)
+            res = _chromium(tmp_path / "chrome", f"--screenshot={shot}", art_page)
+            assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+            res = _chromium(tmp_path / "chrome", "--dump-dom", art_page)
+            # The UI renders report.html in a sandboxed iframe from a blob: of the served file.
+            assert 'class="mlflow-html-iframe"' in res.stdout, res.stdout[-2000:]
+            assert 'src="blob:' in res.stdout
+        finally:
+            stop_ui(proc)
+    assert proc.poll() is not None
