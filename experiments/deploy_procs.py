@@ -29,7 +29,9 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 STOP_GRACE_S = 15.0
-ACTIVATION_REFUSED = 305  # flower-supernode: "Failed to activate SuperNode" (code 2004)
+# flower-supernode exits with Flower exit code 305 ("Failed to activate SuperNode", code 2004);
+# the operating system keeps 305 % 256 = 49 of it.
+ACTIVATION_REFUSED = 305 % 256
 ACTIVATION_RETRY_S = float(os.environ.get("TRIALFED_ACTIVATION_RETRY_S", "120"))
 ACTIVATION_PAUSE_S = 5.0
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")

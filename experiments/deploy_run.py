@@ -249,6 +249,8 @@ class Control:
                 proc.kill()
                 proc.wait(timeout=10)
             reader.join(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
         return "".join(lines), code
 
 

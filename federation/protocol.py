@@ -87,7 +87,7 @@ class _Exchange:
             name = self.info.get(node, {}).get("id", f"node {node}")
             if isinstance(outcome, SiteFailure):
                 if outcome.refused:
-                    raise UserError(f"site {name} refused round {self.rounds}: {outcome.reason}")
+                    raise UserError(f"{outcome.reason} (a site refused round {self.rounds})")
                 self.missing[node] = f"round {self.rounds}: {outcome.reason}"
                 self.progress(f"round {self.rounds}: site {name} did not answer ({outcome.reason})")
                 continue

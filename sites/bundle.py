@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from pandas._libs import lib
 
 from analysis.data import SurvivalData
 from analysis.errors import UserError
@@ -277,7 +278,7 @@ def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
             if is_character(name) or not infer_numbers:
                 columns[name] = text
                 continue
-            numbers, bad = check.parse_numbers(text)
+            numbers, bad = _parse_numbers(text)
             if bad.any():
                 columns[name] = text
                 continue
@@ -285,11 +286,33 @@ def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def _parse_numbers(text: NDArray[np.object_]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """:func:`sites.check.parse_numbers` of stripped text cells, vectorised when it can be.
+
+    Casting an object array of ``str`` to float64 calls ``float()`` on every cell, as
+    ``parse_numbers`` does; it fails on the first cell that is not a number (missing tokens
+    included, except ``NaN``/``nan``, which ``float()`` also reads as NaN), and then, or when a
+    cell holds ``_`` (which ``float()`` accepts and ``parse_numbers`` refuses), the cell-by-cell
+    rules decide.
+    """
+    try:
+        numbers = text.astype(np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return check.parse_numbers(text)
+    if "_" in "".join(text.tolist()):
+        return check.parse_numbers(text)
+    return numbers, np.zeros(len(text), dtype=bool)
+
+
 def _as_text(values: pd.Series) -> NDArray[np.object_]:
     if values.dtype.kind == "M":
         values = values.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    cells = values.to_numpy(dtype=object)
     text = np.empty(len(values), dtype=object)
-    text[:] = [_text(v) for v in values]
+    if lib.is_string_array(cells, skipna=False):  # every cell a str (CSV): strip only
+        text[:] = [str(v).strip() for v in cells]
+    else:
+        text[:] = [_text(v) for v in cells]
     return text
 
 

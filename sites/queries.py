@@ -15,6 +15,7 @@ makes the site answer with an error and no aggregate at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,19 @@ from analysis import cox, km, summary
 from analysis.base import format_level
 from analysis.data import SurvivalData
 from analysis.errors import UserError
-from sites.bundle import SiteBundle, load_bundle
+from sites.bundle import SiteBundle
+from sites.cache import load_cached
 
 # Parsed bundles and endpoint data, per process: a simulation actor serves many virtual sites
 # and answers several rounds, so parsing once per bundle matters. Keyed by the files' mtimes
 # and sizes so an edited bundle is reloaded.
+# Values keep their bundle alive (and are checked against it), so a recycled id() never
+# returns another bundle's rows.
 _CACHE_SIZE = 64
 _BUNDLES: dict[str, tuple[tuple[tuple[str, float, int], ...], SiteBundle]] = {}
-_DATA: dict[tuple[int, str], SurvivalData] = {}
+_DATA: dict[tuple[int, str], tuple[SiteBundle, SurvivalData]] = {}
+_MODEL_DATA: dict[tuple[int, str, str], tuple[SiteBundle, SurvivalData]] = {}
+_DESIGNS: dict[tuple[Any, ...], tuple[SiteBundle, cox.CoxDesign]] = {}
 
 
 def cached_bundle(path: Path) -> SiteBundle:
@@ -40,26 +46,33 @@ def cached_bundle(path: Path) -> SiteBundle:
     folder = Path(path).resolve()
     try:
         stamp = tuple(
-            sorted((p.name, p.stat().st_mtime, p.stat().st_size) for p in folder.iterdir())
+            sorted(
+                (p.name, p.stat().st_mtime, p.stat().st_size)
+                for p in folder.iterdir()
+                if not p.name.startswith(".")  # e.g. the .trialfed-cache folder
+            )
         )
     except OSError:
         stamp = ()
     cached = _BUNDLES.get(str(folder))
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    bundle = load_bundle(folder)
+    bundle = load_cached(folder)
     if len(_BUNDLES) >= _CACHE_SIZE:
         _BUNDLES.clear()
         _DATA.clear()
+        _MODEL_DATA.clear()
+        _DESIGNS.clear()
     _BUNDLES[str(folder)] = (stamp, bundle)
     return bundle
 
 
 def _data(bundle: SiteBundle, param: str) -> SurvivalData:
     key = (id(bundle), param)
-    if key not in _DATA:
-        _DATA[key] = bundle.survival_data(param)
-    return _DATA[key]
+    cached = _DATA.get(key)
+    if cached is None or cached[0] is not bundle:
+        cached = _DATA[key] = (bundle, bundle.survival_data(param))
+    return cached[1]
 
 
 def site_info(bundle: SiteBundle) -> dict[str, Any]:
@@ -136,11 +149,38 @@ def _labels(values: Any) -> Any:
 
 
 def _model_data(bundle: SiteBundle, query: dict[str, Any]) -> SurvivalData:
+    filters = query["model"].get("filter", {})
+    key = (id(bundle), str(query["param"]), json.dumps(filters, sort_keys=True))
+    cached = _MODEL_DATA.get(key)
+    if cached is not None and cached[0] is bundle:
+        return cached[1]
     data = _data(bundle, query["param"])
-    for var, value in query["model"].get("filter", {}).items():
+    for var, value in filters.items():
         column = data.column(var)
         data = data.subset(np.asarray([format_level(v) == value for v in column], dtype=bool))
+    _MODEL_DATA[key] = (bundle, data)
     return data
+
+
+def _design(bundle: SiteBundle, query: dict[str, Any], spec: cox.CoxSpec) -> cox.CoxDesign:
+    """The model's rows prepared once (design built, sorted) and reused in every round."""
+    data = _model_data(bundle, query)
+    key = (
+        id(bundle),
+        str(query["param"]),
+        json.dumps(query["model"].get("filter", {}), sort_keys=True),
+        spec.covariates,
+        tuple(sorted(spec.levels.items())),
+        spec.interactions,
+        spec.strata,
+        spec.ties,
+    )
+    cached = _DESIGNS.get(key)
+    if cached is not None and cached[0] is bundle:
+        return cached[1]
+    design = cox.prepare(data, spec)
+    _DESIGNS[key] = (bundle, design)
+    return design
 
 
 def _level_variables(model: dict[str, Any]) -> list[str]:
@@ -187,7 +227,7 @@ def answer(bundle: SiteBundle, request: dict[str, Any]) -> dict[str, Any]:
         for query in request["cox_local"]:
             data = _model_data(bundle, query)
             spec = _spec(query["model"], data)
-            fit = cox.local_fit(data, spec)
+            fit = cox.local_fit(_design(bundle, query, spec), spec)
             reply["cox_local"][query["id"]] = {
                 **asdict(fit),
                 "levels": cox.local_levels(data, _level_variables(query["model"])),
@@ -197,13 +237,14 @@ def answer(bundle: SiteBundle, request: dict[str, Any]) -> dict[str, Any]:
         for query in request["cox_eval"]:
             data = _model_data(bundle, query)
             spec = _spec(query["model"], data)
+            design = _design(bundle, query, spec)
             beta = np.asarray(query["beta"], dtype=np.float64)
             if query["mode"] == "stratified":
-                derivs = cox.stratified_derivatives(data, spec, beta)
+                derivs = cox.stratified_derivatives(design, spec, beta)
                 reply["cox_eval"][query["id"]] = asdict(derivs)
             else:
                 grids = {tuple(g["key"]): np.asarray(g["time"]) for g in query["grids"]}
                 center = np.asarray(query["center"], dtype=np.float64)
-                moments = cox.risk_set_moments(data, spec, beta, center, grids)
+                moments = cox.risk_set_moments(design, spec, beta, center, grids)
                 reply["cox_eval"][query["id"]] = cox.moments_to_payload(moments)
     return reply
