@@ -217,7 +217,17 @@ class TrackedRun:
             images=images,
         )
         files["report"] = [report]
+        missing = [
+            m if isinstance(m, Mapping) else {"id": str(m), "contributed": False}
+            for m in clean.get("sites_missing", [])
+        ]
+        known = {s.get("id"): s for s in self.sites if s.get("id") is not None}
+        answered = [
+            {**known.get(s.get("id"), {}), **s} for s in [*clean.get("sites", []), *missing]
+        ]
+        self.sites = answered or self.sites
         if self._client is not None and self.run_id is not None:
+            log_batch(self._client, self.run_id, params=site_params(self.sites))
             log_results(self, clean, files)
         self._terminate("FINISHED")
         return files
@@ -471,16 +481,26 @@ def parent_params(run: TrackedRun) -> dict[str, Any]:
         "study_title": run.study_title,
         "engine": run.engine,
         "git_commit": run.commit or "unknown",
-        "sites": [s.get("id") for s in run.sites],
-        "countries": sorted({str(s.get("country")) for s in run.sites}),
     }
     params.update(_plan_params(run.plan_text))
-    for s in run.sites:
-        for key in ("name", "country", "n", "events", "policy"):
-            if key in s:
-                params[metric_name("site", s.get("id"), key)] = s[key]
     for name, version in run.versions.items():
         params[metric_name("version", name)] = version
+    return params
+
+
+def site_params(sites: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Params naming the sites that were asked, their countries, sizes and policies.
+
+    Logged when the run completes: only then does the coordinator know who answered.
+    """
+    params: dict[str, Any] = {
+        "sites": [s.get("id") for s in sites],
+        "countries": sorted({str(s.get("country")) for s in sites}),
+    }
+    for s in sites:
+        for key in ("name", "country", "n", "events", "policy", "contributed"):
+            if key in s:
+                params[metric_name("site", s.get("id"), key)] = s[key]
     return params
 
 

@@ -179,7 +179,7 @@ def _cox_round(link: _Exchange, models: list[CoxModel]) -> dict[int, dict[str, A
 
 
 def _public(info: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("id", "name", "country", "n")
+    keep = ("id", "name", "country", "n", "policy")
     out = {k: info[k] for k in keep if k in info}
     params = info.get("params", {})
     out["events"] = {p: v["events"] for p, v in params.items()}

@@ -87,6 +87,7 @@ def site_info(bundle: SiteBundle) -> dict[str, Any]:
         "country": bundle.country,
         "n": int(len(bundle.adsl)),
         "params": params,
+        "policy": dict(bundle.policy),
     }
 
 
