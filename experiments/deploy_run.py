@@ -35,7 +35,7 @@ from analysis.errors import UserError
 from experiments.deploy_procs import executable, flower_env, parse_address
 from experiments.plan import Plan
 from federation.protocol import Outcome, Progress, RunFailed
-from federation.server_app import decode_log, progress_line
+from federation.runlog import decode_log, progress_line
 
 CONNECTION = "trialfed"
 CLI_TIMEOUT_S = 60.0

@@ -36,7 +36,7 @@ from experiments.deploy_procs import QUIET_ENV, free_port, parse_address
 from experiments.deploy_run import Control, run_deployed
 from experiments.plan import load_plan
 from federation.protocol import Outcome, RunFailed
-from federation.server_app import decode_log, encode_outcome
+from federation.runlog import decode_log, encode_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90.0
