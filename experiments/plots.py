@@ -201,6 +201,9 @@ def _forest_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] |
             rows.append(("  Overall", a, p_text(a.get("p"))))
             for country, c in a.get("by_country", {}).items():
                 rows.append((f"  {country}", c, f"n = {c.get('n')}, events = {c.get('events')}"))
+            for site, c in a.get("by_site", {}).items():
+                label = f"    site {site} ({c.get('country')})"
+                rows.append((label, c, f"n = {c.get('n')}, events = {c.get('events')}"))
         elif a.get("kind") == "cox":
             rows.append((f"{name}: Cox model ({a.get('param')})", None, ""))
             for term, t in a.get("terms", {}).items():

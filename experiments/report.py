@@ -172,6 +172,20 @@ def _ve_html(a: Mapping[str, Any]) -> str:
                 "",
             ]
         )
+    for site, c in a.get("by_site", {}).items():
+        hr = c.get("hr")
+        rows.append(
+            [
+                f"site {site} ({c.get('country')}), own fit",
+                c.get("n"),
+                c.get("events"),
+                ""
+                if hr is None
+                else _ci(_pct(1 - hr), _pct(1 - c["hr_upper"]), _pct(1 - c["hr_lower"]), 1),
+                _ci(hr, c.get("hr_lower"), c.get("hr_upper")),
+                "",
+            ]
+        )
     out = (
         f"<p>{_e(a.get('treatment'))} vs {_e(a.get('reference'))} (arm variable "
         f"{_e(a.get('arm'))}); VE = 1 - HR.</p>"

@@ -5,7 +5,11 @@ from __future__ import annotations
 from functools import reduce
 from typing import Any
 
+import numpy as np
+from scipy.stats import norm
+
 from analysis import km, logrank, summary
+from analysis.cox_result import pseudo_inverse
 from experiments.plan import AnalysisSpec, Plan
 from federation.models import CoxModel, merge_tables
 
@@ -74,6 +78,7 @@ def results(
             out[spec.name] = {"kind": "cox", "param": spec.param, **_cox(by_id[spec.name], spec)}
         elif spec.kind == "ve":
             out[spec.name] = _ve(spec, models)
+            out[spec.name]["by_site"] = _by_site(spec, models, [info[n] for n in nodes])
     return out
 
 
@@ -162,3 +167,49 @@ def _efficacy(cox_dict: dict[str, Any], term: str) -> dict[str, Any]:
         "hr_upper": row["hr_upper"],
         "p": row["p"],
     }
+
+
+def _by_site(
+    spec: AnalysisSpec, models: list[CoxModel], sites: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Each site's own estimate of the arm effect (its round-1 local fit), for the forest plot.
+
+    Only for sites whose policy allows their estimate to be shown (``publish_site_estimates``,
+    default true); a site's own fit is what a single-site analysis would report.
+    """
+    main = next(m for m in models if m.analysis == spec.name and m.role == "main")
+    treatment = ""
+    if main.spec is not None:
+        treated = list(main.spec.levels.get(spec.arm, ())[1:])
+        treatment = spec.treatment or (treated[0] if len(treated) == 1 else "")
+    term = f"{spec.arm}[T.{treatment}]"
+    z = float(norm.ppf(1 - spec.alpha / 2))
+    out: dict[str, Any] = {}
+    for site in sites:
+        if not site.get("policy", {}).get("publish_site_estimates", True):
+            continue
+        fit = main.local_fits.get(site["id"])
+        if fit is None or term not in fit.terms:
+            continue
+        i = fit.terms.index(term)
+        variance = pseudo_inverse(fit.information)[i, i]
+        if not variance > 0 or fit.events == 0:
+            out[site["id"]] = {
+                "hr": None,
+                "hr_lower": None,
+                "hr_upper": None,
+                "n": fit.n,
+                "events": fit.events,
+                "country": site.get("country"),
+            }
+            continue
+        coef, se = float(fit.beta[i]), float(np.sqrt(variance))
+        out[site["id"]] = {
+            "hr": float(np.exp(coef)),
+            "hr_lower": float(np.exp(coef - z * se)),
+            "hr_upper": float(np.exp(coef + z * se)),
+            "n": fit.n,
+            "events": fit.events,
+            "country": site.get("country"),
+        }
+    return out

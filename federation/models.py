@@ -40,6 +40,7 @@ class CoxModel:
     spec: cox.CoxSpec | None = None
     center: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grids: list[dict[str, Any]] = field(default_factory=list)
+    local_fits: dict[str, cox.LocalFit] = field(default_factory=dict)  # site id -> round-1 fit
 
     @property
     def mode(self) -> str:
@@ -119,6 +120,7 @@ class CoxModel:
         )
         terms = cox.term_names(self.spec)
         local = [cox.LocalFit.from_payload(f) for f in fits]
+        self.local_fits = {info[n]["id"]: fit for n, fit in zip(nodes, local, strict=True)}
         beta0 = cox.inverse_variance_start(local, terms)
         weights = np.array([f.n for f in local], dtype=np.float64)
         self.center = cox.combined_center(local, terms)

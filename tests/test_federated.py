@@ -253,6 +253,10 @@ def test_vaccine_efficacy_by_country_and_interaction(tmp_path: Path) -> None:
     paths = write_trial(trial, tmp_path, fmt="csv")
     bundles = sorted(p for p in (tmp_path / "sites").iterdir())
     assert paths
+    private = bundles[-1] / "site.toml"  # this site does not publish its own estimate
+    private.write_text(
+        private.read_text().replace("[policy]", "[policy]\npublish_site_estimates = false")
+    )
     text = plan(
         '[[analysis]]\nname = "ve"\nkind = "ve"\nparam = "COVID"\n'
         'reference = { TRT01P = "Placebo" }\ncovariates = ["AGE"]\nstrata = ["SITE"]\n'
@@ -291,6 +295,11 @@ def test_vaccine_efficacy_by_country_and_interaction(tmp_path: Path) -> None:
         assert ve["by_country"][country]["hr"] == pytest.approx(
             np.exp(sub.params_["VAX"]), abs=1e-6
         )
+    shown = {s.id for s in trial.sites[:-1]}
+    assert set(ve["by_site"]) == shown
+    for site_id in shown:
+        own = fit(rows[rows["SITE"] == site_id], ["VAX", "AGE"])
+        assert ve["by_site"][site_id]["hr"] == pytest.approx(np.exp(own.params_["VAX"]), rel=1e-6)
     interaction = fit(rows, ["VAX", "VAX_KR", "AGE"])
     assert ve["interaction_p"] == pytest.approx(interaction.summary.loc["VAX_KR", "p"], abs=1e-6)
 
