@@ -29,6 +29,19 @@ def _cmd_site_check(args: argparse.Namespace) -> int:
     return main_check(args)
 
 
+def _cmd_site_audit(args: argparse.Namespace) -> int:
+    from sites.audit import verify
+    from sites.node import default_audit_log
+
+    path = args.log or default_audit_log(args.bundle)
+    report = verify(path)
+    if not report.ok:
+        print(f"trialfed: audit log {path} FAILED verification: {report.problem}", file=sys.stderr)
+        return 1
+    print(f"audit log {path}: {report.entries} entries, hash chain intact")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from experiments.launch import main_run
 
@@ -70,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("bundle", type=Path, help="site bundle folder (holds site.toml)")
     check.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     check.set_defaults(handler=_cmd_site_check)
+    audit = site_sub.add_parser("audit", help="verify the hash chain of the site's audit log")
+    audit.add_argument("bundle", type=Path, help="site bundle folder")
+    audit.add_argument("--log", type=Path, default=None, help="audit log (default in bundle)")
+    audit.set_defaults(handler=_cmd_site_audit)
     keygen = site_sub.add_parser("keygen", help="create this site's authentication key pair")
     keygen.add_argument("--out", type=Path, required=True)
     keygen.set_defaults(handler=_cmd_deploy)

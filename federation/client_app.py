@@ -1,6 +1,7 @@
 """The trialfed ClientApp: a site answers aggregate queries about its own bundle.
 
-Deployment: the SuperNode gets the bundle folder through ``--node-config "bundle='/path'"``.
+Deployment: the SuperNode gets the bundle folder through ``--node-config "bundle='/path'"``
+(and optionally ``audit-log='/path/audit.jsonl'``; default ``<bundle>/.trialfed/audit.jsonl``).
 Simulation: :func:`make_client_app` maps each virtual node's ``partition-id`` to a bundle.
 """
 
@@ -14,16 +15,14 @@ from flwr.clientapp import ClientApp
 
 from analysis.errors import UserError
 from federation.codec import decode, encode
-from sites.queries import answer, cached_bundle
+from sites.node import serve
 
 
-def handle(message: Message, bundle_path: Path) -> Message:
+def handle(message: Message, bundle_path: Path, audit_log: Path | None = None) -> Message:
     """Answer one query message; a refusal (bad data, plan or policy) is a normal reply."""
-    try:
-        reply = {"ok": True, "reply": answer(cached_bundle(bundle_path), decode(message.content))}
-    except UserError as exc:
-        reply = {"ok": False, "error": str(exc)}
-    return Message(content=encode(reply), reply_to=message)
+    return Message(
+        content=encode(serve(bundle_path, decode(message.content), audit_log)), reply_to=message
+    )
 
 
 def _bundle_from_node_config(context: Context) -> Path:
@@ -44,7 +43,8 @@ def make_client_app(bundles: Sequence[Path] | None = None) -> ClientApp:
             path = Path(paths[int(context.node_config["partition-id"])])
         else:
             path = _bundle_from_node_config(context)
-        return handle(message, path)
+        audit_log = context.node_config.get("audit-log")
+        return handle(message, path, Path(str(audit_log)) if audit_log else None)
 
     return app
 

@@ -10,10 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.errors import UserError
 from federation.codec import decode, encode
 from federation.protocol import SiteFailure
-from sites.queries import answer, cached_bundle
+from sites.node import serve
 
 
 class InProcessTransport:
@@ -38,10 +37,9 @@ class InProcessTransport:
             if node in self.drop and len(self.sent) >= self.drop[node]:
                 outcomes[node] = SiteFailure(f"no reply within {timeout:g} s")
                 continue
-            try:
-                reply = answer(cached_bundle(self.bundles[node]), decode(encode(request)))
-            except UserError as exc:
-                outcomes[node] = SiteFailure(str(exc), refused=True)
-                continue
-            outcomes[node] = decode(encode(reply))
+            payload = decode(encode(serve(self.bundles[node], decode(encode(request)))))
+            if payload["ok"]:
+                outcomes[node] = payload["reply"]
+            else:
+                outcomes[node] = SiteFailure(payload["error"], refused=True)
         return outcomes
