@@ -103,17 +103,30 @@ def _cox(model: CoxModel, spec: AnalysisSpec) -> dict[str, Any]:
     return {**result.to_dict(), "strata": list(spec.strata), "ties": spec.ties, "alpha": spec.alpha}
 
 
-def _ve(spec: AnalysisSpec, models: list[CoxModel]) -> dict[str, Any]:
-    main = next(m for m in models if m.analysis == spec.name and m.role == "main")
-    cox_dict = _cox(main, spec)
+def _treatment(spec: AnalysisSpec, main: CoxModel) -> tuple[str, str]:
+    """The treated arm level and a note when it cannot be determined."""
     levels = main.spec.levels.get(spec.arm, ()) if main.spec is not None else ()
-    treated = [lvl for lvl in levels[1:]]
+    treated = list(levels[1:])
     treatment = spec.treatment or (treated[0] if len(treated) == 1 else "")
-    if not treatment:
-        raise_levels = ", ".join(map(repr, treated)) or "none"
-        cox_dict["message"] = (
-            f"arm {spec.arm!r} has treatment levels {raise_levels}; set `treatment` in the plan"
-        )
+    if treatment and treatment in treated:
+        return treatment, ""
+    found = ", ".join(map(repr, treated)) or "none"
+    return treatment, (
+        f"treatment must be one of the arm's non-reference levels {{{found}}}; got "
+        f"{treatment or 'nothing'}: set `treatment` in the plan"
+    )
+
+
+def _main_model(spec: AnalysisSpec, models: list[CoxModel]) -> CoxModel:
+    return next(m for m in models if m.analysis == spec.name and m.role == "main")
+
+
+def _ve(spec: AnalysisSpec, models: list[CoxModel]) -> dict[str, Any]:
+    main = _main_model(spec, models)
+    cox_dict = _cox(main, spec)
+    treatment, note = _treatment(spec, main)
+    if note:
+        cox_dict["message"] = note
     term = f"{spec.arm}[T.{treatment}]"
     out: dict[str, Any] = {
         "kind": "ve",
@@ -177,12 +190,8 @@ def _by_site(
     Only for sites whose policy allows their estimate to be shown (``publish_site_estimates``,
     default true); a site's own fit is what a single-site analysis would report.
     """
-    main = next(m for m in models if m.analysis == spec.name and m.role == "main")
-    treatment = ""
-    if main.spec is not None:
-        treated = list(main.spec.levels.get(spec.arm, ())[1:])
-        treatment = spec.treatment or (treated[0] if len(treated) == 1 else "")
-    term = f"{spec.arm}[T.{treatment}]"
+    main = _main_model(spec, models)
+    term = f"{spec.arm}[T.{_treatment(spec, main)[0]}]"
     z = float(norm.ppf(1 - spec.alpha / 2))
     out: dict[str, Any] = {}
     for site in sites:
