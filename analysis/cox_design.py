@@ -55,6 +55,8 @@ def _missing(values: NDArray[Any]) -> NDArray[np.bool_]:
     """True where a covariate value is missing: NaN for numbers, None/NaN/'' for objects."""
     if is_numeric(values):
         return np.isnan(values.astype(np.float64))
+    if set(map(type, values)) <= {str}:  # the common case, vectorised: only "" is missing
+        return np.asarray(values == "", dtype=bool)
     out = np.zeros(values.shape, dtype=bool)
     for i, v in enumerate(values):
         if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and v == ""):
@@ -64,7 +66,9 @@ def _missing(values: NDArray[Any]) -> NDArray[np.bool_]:
 
 def _as_text(values: NDArray[Any]) -> NDArray[Any]:
     """Object array of canonical str values (missing ones stay as they are)."""
-    if values.dtype == object and all(isinstance(v, str) for v in values):
+    if values.dtype == object and (
+        set(map(type, values)) <= {str} or all(isinstance(v, str) for v in values)
+    ):
         return values
     return np.array(
         [v if (isinstance(v, str) or v is None) else format_value(v) for v in values], dtype=object
@@ -292,6 +296,49 @@ def stratum_keys(data: SurvivalData, strata: Sequence[str], rows: NDArray[np.boo
     return list(zip(*cols, strict=True))
 
 
+def _factorize(values: NDArray[Any]) -> tuple[list[str], NDArray[np.int64]]:
+    """Sorted distinct str values and the rank of each row's value among them."""
+    if values.shape[0] and bool(np.all(values == values[0])):  # e.g. SITE within a site
+        return [values[0]], np.zeros(values.shape[0], dtype=np.int64)
+    first: dict[str, int] = {}
+    seen = np.fromiter(
+        (first.setdefault(v, len(first)) for v in values.tolist()),
+        dtype=np.int64,
+        count=values.shape[0],
+    )
+    levels = sorted(first)
+    rank = np.empty(len(levels), dtype=np.int64)
+    rank[[first[v] for v in levels]] = np.arange(len(levels))
+    return levels, rank[seen]
+
+
+def _stratum_codes(
+    data: SurvivalData, strata: Sequence[str], rows: NDArray[np.bool_]
+) -> tuple[list[StratumKey], NDArray[np.int64]]:
+    """Sorted distinct stratum keys of the rows in ``rows`` and each row's index among them.
+
+    The same keys as ``sorted(set(stratum_keys(data, strata, rows)))``, without a tuple per row:
+    per variable, values are ranked in sorted order, and the mixed-radix number of the ranks
+    orders rows as their key tuples compare.
+    """
+    n = int(rows.sum())
+    if not strata:
+        return ([()] if n else []), np.zeros(n, dtype=np.int64)
+    columns = [_factorize(_as_text(data.column(s)[rows])) for s in strata]
+    combined = np.zeros(n, dtype=np.int64)
+    for levels, rank in columns:
+        combined = combined * len(levels) + rank
+    present, codes = np.unique(combined, return_inverse=True)
+    keys: list[StratumKey] = []
+    for value in present.tolist():
+        parts = []
+        for levels, _ in reversed(columns):
+            value, r = divmod(value, len(levels))
+            parts.append(levels[r])
+        keys.append(tuple(reversed(parts)))
+    return keys, codes.reshape(-1).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class CoxDesign:
     """A site's rows prepared once for many evaluations: sorted by (stratum, time).
@@ -348,10 +395,7 @@ def prepare(data: SurvivalData | CoxDesign, spec: CoxSpec) -> CoxDesign:
     x, terms = build_design(data, spec, rows)
     time = data.time[rows]
     event = data.event[rows]
-    keys = stratum_keys(data, spec.strata, rows)
-    uniq = sorted(set(keys))
-    code_of = {k: i for i, k in enumerate(uniq)}
-    codes = np.fromiter((code_of[k] for k in keys), dtype=np.int64, count=len(keys))
+    uniq, codes = _stratum_codes(data, spec.strata, rows)
     order = np.lexsort((time, codes))
     codes = codes[order]
     bounds = np.searchsorted(codes, np.arange(len(uniq) + 1)).astype(np.int64)

@@ -1,1 +1,1 @@
-"""trialfed benchmarks: federated runs against the pooled lifelines fit (``python -m benchmarks.run``)."""
+"""trialfed benchmarks: federated runs vs pooled lifelines fits (``python -m benchmarks.run``)."""

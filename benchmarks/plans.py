@@ -25,7 +25,7 @@ strata = ["SITE"]
 ties = "efron"
 """
 
-EFFICACY_PLAN = f"""# Benchmark: the standard efficacy plan (as experiments/plans/demo_vaccine.toml).
+EFFICACY_PLAN = f"""# Benchmark: the standard efficacy plan (experiments/plans/demo_vaccine.toml).
 [study]
 id = "BENCH-EFFICACY"
 title = "trialfed benchmark: standard efficacy plan"

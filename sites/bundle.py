@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from pandas._libs import lib
 
 from analysis.data import SurvivalData
 from analysis.errors import UserError
@@ -271,8 +270,13 @@ def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
     for position, original in enumerate(frame.columns):
         name = _text(original).upper()
         values = frame.iloc[:, position]
+        fast = None
+        if infer_numbers and values.dtype.kind == "O" and not is_character(name):
+            fast = _numbers_from_cells(values.to_numpy(dtype=object))
         if values.dtype.kind in "biuf" and not is_character(name):
             numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        elif fast is not None:
+            numbers = fast
         else:
             text = _as_text(values)
             if is_character(name) or not infer_numbers:
@@ -284,6 +288,25 @@ def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
                 continue
         columns[name] = np.where(np.isclose(numbers, 0.0, rtol=0.0, atol=_ZERO_ATOL), 0.0, numbers)
     return pd.DataFrame(columns)
+
+
+def _numbers_from_cells(cells: NDArray[np.object_]) -> NDArray[np.float64] | None:
+    """A column of ``str`` cells that all read as numbers, parsed without stripping first.
+
+    ``float()`` ignores the same surrounding whitespace that ``str.strip()`` removes, so the
+    result equals :func:`_parse_numbers` of the stripped text; ``None`` when any cell is not a
+    ``str``, is not a number (a missing token included) or holds ``_``: the caller then takes
+    the cell-by-cell path.
+    """
+    if not set(map(type, cells)) <= {str}:
+        return None
+    try:
+        numbers = cells.astype(np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if "_" in "".join(cells.tolist()):
+        return None
+    return numbers
 
 
 def _parse_numbers(text: NDArray[np.object_]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
@@ -309,8 +332,8 @@ def _as_text(values: pd.Series) -> NDArray[np.object_]:
         values = values.dt.strftime("%Y-%m-%dT%H:%M:%S")
     cells = values.to_numpy(dtype=object)
     text = np.empty(len(values), dtype=object)
-    if lib.is_string_array(cells, skipna=False):  # every cell a str (CSV): strip only
-        text[:] = [str(v).strip() for v in cells]
+    if set(map(type, cells)) <= {str}:  # every cell a str (CSV): strip only
+        text[:] = [v.strip() for v in cells]
     else:
         text[:] = [_text(v) for v in cells]
     return text

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -122,17 +123,17 @@ def _write(where: Path, key: str, loaded: SiteBundle) -> None:
             if not old.name.startswith(key):
                 old.unlink(missing_ok=True)
         for name, frame in (("adsl", loaded.adsl), ("adtte", loaded.adtte)):
-            _atomic(where / f"{key}.{name}.parquet", lambda p, f=frame: f.to_parquet(p))
+            _atomic(where / f"{key}.{name}.parquet", frame.to_parquet)
         _atomic(where / f"{key}.json", lambda p: Path(p).write_text(json.dumps(meta)))
     except (OSError, ValueError, TypeError):
         return  # a read-only folder or an unusual column type: no cache, same answers
 
 
-def _atomic(target: Path, write: object) -> None:
+def _atomic(target: Path, write: Callable[[str], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
     os.close(fd)
     try:
-        write(tmp)  # type: ignore[operator]
+        write(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
