@@ -32,6 +32,7 @@ from experiments.deploy_procs import (
 )
 from experiments.deploy_run import Control, run_deployed
 from federation.protocol import RunFailed
+from sites.cache import CACHE_ENV
 
 __all__ = ["main_deploy", "run_deployed"]
 
@@ -97,6 +98,9 @@ def cmd_site_start(args: argparse.Namespace) -> int:
     port = args.port or free_port()
     command = supernode_command(args.bundle, args.coordinator, args.ca, args.key, port)
     env = flower_env(f"site-{bundle.site_id}")
+    # Every message runs in a fresh ClientApp process: keep the validated tables as Parquet in
+    # this site's Flower home so a round does not parse the bundle again (sites/cache.py).
+    env.setdefault(CACHE_ENV, str(Path(env["FLWR_HOME"]) / "bundle-cache"))
     _say(
         f"site {bundle.site_id} ({bundle.country}) serving {Path(args.bundle).resolve()} to "
         f"{args.coordinator}; outbound only, local ClientApp API on 127.0.0.1:{port}; "
