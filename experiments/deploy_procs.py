@@ -46,6 +46,10 @@ def flower_env(role: str, home: Path | None = None) -> dict[str, str]:
     """The environment of a Flower process for ``role`` (``coordinator``, ``site-X``, ``cli``)."""
     env = dict(os.environ)
     env.update(QUIET_ENV)
+    # Flower starts helpers by name (the SuperLink runs `flower-superexec`): find them next to
+    # this Python even when the virtual environment is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")]).rstrip(os.pathsep)
     flwr_home = home or trialfed_home() / role
     flwr_home.mkdir(parents=True, exist_ok=True)
     env["FLWR_HOME"] = str(flwr_home)

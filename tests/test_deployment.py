@@ -311,6 +311,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         **QUIET_ENV,
         "TRIALFED_HOME": str(tmp / "home"),
         "PYTHONPATH": str(REPO),
+        # Flower's processes start `flower-superexec` by name: the venv need not be activated
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
     }
     env.pop("FLWR_HOME", None)
