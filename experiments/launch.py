@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from analysis.base import json_safe
 from analysis.errors import UserError
 from experiments.console import format_results
 from experiments.plan import Plan, load_plan
-
-VERSION_PACKAGES = ("trialfed", "flwr", "numpy", "scipy", "pandas", "lifelines", "mlflow")
+from experiments.tracking import package_versions
 
 
 class RunError(Exception):
     """A run that failed for a reason other than the user's input (exit status 1)."""
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that produced a result, for provenance."""
-    versions = {"python": sys.version.split()[0]}
-    for name in VERSION_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def check_bundle_paths(paths: list[Path]) -> list[Path]:
@@ -47,17 +34,6 @@ def check_bundle_paths(paths: list[Path]) -> list[Path]:
     return resolved
 
 
-def json_safe(value: Any) -> Any:
-    """Replace NaN and infinities by None so results.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def build_results(plan: Plan, outcome: Any, engine: str, seconds: float) -> dict[str, Any]:
     """The results.json document (docs/design.md)."""
     return json_safe(
@@ -70,7 +46,7 @@ def build_results(plan: Plan, outcome: Any, engine: str, seconds: float) -> dict
             "rounds": outcome.rounds,
             "seconds": seconds,
             "round_seconds": outcome.round_seconds,
-            "versions": package_versions(),
+            "versions": {"python": sys.version.split()[0], **package_versions()},
             "analyses": outcome.analyses,
         }
     )

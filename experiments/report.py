@@ -10,12 +10,12 @@ import base64
 import csv
 import html
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analysis.base import json_safe
 from experiments.plots import fmt_num, fmt_p
 
 CSS = """
@@ -298,17 +298,8 @@ def write_report(path: Path, **kwargs: Any) -> Path:
 
 
 def json_ready(obj: Any) -> Any:
-    """A copy of ``obj`` that ``json.dumps(..., allow_nan=False)`` accepts: NaN and infinities
-    become None, numpy scalars and arrays become Python numbers and lists, tuples become lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_ready(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, str):  # numpy scalar or array
-        return json_ready(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    """A copy of ``obj`` that ``json.dumps(..., allow_nan=False)`` accepts (NaN/inf -> None)."""
+    return json_safe(obj)
 
 
 def _rows_for(a: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
