@@ -102,6 +102,22 @@ def leukemia(sites: int = 3) -> pd.DataFrame:
     return df[["site", "t", "status", "AGE", "SEX", "ARM", "LOGWBC"]]
 
 
+def toy(sizes: list[int], seed: int) -> pd.DataFrame:
+    """Random small trial rows: ``sizes[i]`` subjects at site i + 1, arms A/B, integer times."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    return pd.DataFrame(
+        {
+            "site": np.repeat(np.arange(1, len(sizes) + 1), sizes),
+            "time": rng.integers(1, 60, n).astype(float),
+            "event": rng.integers(0, 2, n),
+            "AGE": rng.integers(20, 80, n).astype(float),
+            "SEX": rng.choice(["F", "M"], n),
+            "ARM": rng.choice(["A", "B"], n),
+        }
+    )
+
+
 def dummies(frame: pd.DataFrame, column: str, reference: str) -> pd.DataFrame:
     """Indicator columns named formulaic-style, ``COL[T.level]``, reference left out."""
     out = pd.DataFrame(index=frame.index)

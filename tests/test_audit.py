@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from experiments.cli import main
@@ -38,20 +36,13 @@ strata = ["SITE"]
 
 
 def _sites(tmp_path: Path) -> list[Path]:
-    rng = np.random.default_rng(11)
-    n = 90
-    frame = pd.DataFrame(
-        {
-            "site": np.repeat([1, 2, 3], 30),
-            "time": rng.integers(1, 50, n).astype(float),
-            "event": rng.integers(0, 2, n),
-            "AGE": rng.integers(20, 80, n).astype(float),
-            "SEX": rng.choice(["F", "M"], n),
-            "ARM": rng.choice(["A", "B"], n),
-        }
-    )
     return datasets.bundles_from_frame(
-        frame, tmp_path, site="site", time="time", event="event", arm="ARM"
+        datasets.toy([30, 30, 30], seed=11),
+        tmp_path,
+        site="site",
+        time="time",
+        event="event",
+        arm="ARM",
     )
 
 

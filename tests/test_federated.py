@@ -308,21 +308,11 @@ def test_vaccine_efficacy_by_country_and_interaction(tmp_path: Path) -> None:
 
 
 def _toy_sites(tmp_path: Path, sizes: list[int], seed: int = 3) -> tuple[list[Path], pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    n = sum(sizes)
-    frame = pd.DataFrame(
-        {
-            "site": np.repeat(np.arange(1, len(sizes) + 1), sizes),
-            "time": rng.integers(1, 60, n).astype(float),
-            "event": rng.integers(0, 2, n),
-            "AGE": rng.integers(20, 80, n).astype(float),
-            "SEX": rng.choice(["F", "M"], n),
-            "ARM": rng.choice(["A", "B"], n),
-        }
-    )
-    return datasets.bundles_from_frame(
+    frame = datasets.toy(sizes, seed)
+    bundles = datasets.bundles_from_frame(
         frame, tmp_path, site="site", time="time", event="event", arm="ARM"
-    ), frame
+    )
+    return bundles, frame
 
 
 COX_AB = (
