@@ -69,10 +69,6 @@ class CoxModel:
             payload["levels"] = {k: list(v) for k, v in self.spec.levels.items()}
         return payload
 
-    def level_variables(self) -> list[str]:
-        names = list(self.covariates) + [v for pair in self.interactions for v in pair]
-        return list(dict.fromkeys(names))
-
     @property
     def grid_table_id(self) -> str:
         """Round-1 event table whose event times are this model's risk-set grid."""
