@@ -77,6 +77,14 @@ def _trialfed(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
     )
 
 
+def _run_plan(bundles: list[Path], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``trialfed run PLAN --sites ... --out tmp_path/out`` as a whole process."""
+    plan_path = tmp_path / "plan.toml"
+    plan_path.write_text(PLAN)
+    args = ["run", str(plan_path), "--sites", *map(str, bundles), "--out", str(tmp_path / "out")]
+    return _trialfed(args, tmp_path)
+
+
 def _mlflow_runs(cwd: Path) -> list[tuple[str, str]]:
     import sqlite3
 
@@ -87,13 +95,8 @@ def _mlflow_runs(cwd: Path) -> list[tuple[str, str]]:
 
 def test_simulation_run_equals_in_process_protocol(cdisc_dir: Path, tmp_path: Path) -> None:
     bundles = split_cdisc_pilot(cdisc_dir, tmp_path / "sites", sites=["701", "705", "708"])
-    plan_path = tmp_path / "plan.toml"
-    plan_path.write_text(PLAN)
     before = _engine_processes()
-    done = _trialfed(
-        ["run", str(plan_path), "--sites", *map(str, bundles), "--out", str(tmp_path / "out")],
-        tmp_path,
-    )
+    done = _run_plan(bundles, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "[cox] Cox PH" in done.stdout
@@ -120,13 +123,8 @@ def test_a_site_with_bad_data_fails_the_run_with_exit_2(cdisc_dir: Path, tmp_pat
     row[header.index("CNSR")] = "7"
     text[3] = ",".join(row)
     adtte.write_text("\n".join(text) + "\n")
-    plan_path = tmp_path / "plan.toml"
-    plan_path.write_text(PLAN)
     before = _engine_processes()
-    done = _trialfed(
-        ["run", str(plan_path), "--sites", *map(str, bundles), "--out", str(tmp_path / "out")],
-        tmp_path,
-    )
+    done = _run_plan(bundles, tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "adtte.csv: column CNSR, row 3" in done.stderr
