@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.cox_design import FloatArray
+from analysis.distributions import chi2_sf, normal_quantile, normal_sf
 from analysis.errors import UserError
 
 
@@ -133,7 +133,7 @@ class CoxResult:
         var = np.diag(cov).copy()
         var[var <= 0] = np.nan
         se = np.sqrt(var)
-        q = float(stats.norm.ppf(1 - alpha / 2))
+        q = normal_quantile(1 - alpha / 2)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             z = coef / se
             arrays = {
@@ -143,7 +143,7 @@ class CoxResult:
                 "hr_lower": np.exp(coef - q * se),
                 "hr_upper": np.exp(coef + q * se),
                 "z": z,
-                "p": 2 * stats.norm.sf(np.abs(z)),
+                "p": 2 * normal_sf(np.abs(z)),
                 "covariance": cov,
             }
         for arr in arrays.values():
@@ -203,4 +203,4 @@ class CoxResult:
         cov = self.covariance[np.ix_(index, index)]
         chi2 = float(b @ pseudo_inverse(cov) @ b)
         df = len(index)
-        return chi2, df, float(stats.chi2.sf(chi2, df))
+        return chi2, df, chi2_sf(chi2, df)

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats
 
 from analysis.base import factorize_labels, frozen_array, json_safe
 from analysis.data import SurvivalData
+from analysis.distributions import normal_quantile
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -399,7 +399,7 @@ def kaplan_meier(
         greenwood[np.isinf(greenwood)] = 0.0
         var = np.cumsum(greenwood)
         survival = np.exp(log_survival)
-        z = float(stats.norm.ppf(1.0 - alpha / 2.0))
+        z = normal_quantile(1.0 - alpha / 2.0)
         v = np.log(survival)
         lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(var) / v))
         upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(var) / v))

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
 
 from analysis.base import frozen_array, json_safe
+from analysis.distributions import chi2_sf
 from analysis.km import EventTable, merge_event_tables
 
 StratumKey = tuple[str, ...]
@@ -167,7 +167,7 @@ def logrank_test(tables: Mapping[tuple[str, StratumKey], EventTable]) -> Logrank
         statistic, p = 0.0, float("nan")
     else:
         statistic = float(u @ np.linalg.pinv(reduced, hermitian=True) @ u)
-        p = float(stats.chi2.sf(statistic, df))
+        p = chi2_sf(statistic, df)
     return LogrankResult(
         statistic=statistic,
         df=df,

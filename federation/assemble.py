@@ -6,10 +6,10 @@ from functools import reduce
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from analysis import km, logrank, summary
 from analysis.cox_result import pseudo_inverse
+from analysis.distributions import normal_quantile
 from experiments.plan import AnalysisSpec, Plan
 from federation.models import CoxModel, merge_tables
 
@@ -192,7 +192,7 @@ def _by_site(
     """
     main = _main_model(spec, models)
     term = f"{spec.arm}[T.{_treatment(spec, main)[0]}]"
-    z = float(norm.ppf(1 - spec.alpha / 2))
+    z = normal_quantile(1 - spec.alpha / 2)
     out: dict[str, Any] = {}
     for site in sites:
         if not site.get("policy", {}).get("publish_site_estimates", True):

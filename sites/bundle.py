@@ -6,25 +6,12 @@ normalises the tables the same way for every format, then runs the rules of :mod
 any problem raises :class:`analysis.errors.UserError` listing all of them, so nothing leaves a
 site whose data are wrong.
 
-Normalisation
--------------
-- Column names are stripped and upper-cased (SAS names are case-insensitive).
-- Numeric columns become float64; values within 1e-70 of zero become exactly 0.0 (pandas reads
-  some XPT zeros as 5.397605e-79, the smallest IBM float).
-- Other columns become object arrays of ``str``: bytes are decoded (UTF-8, else Latin-1),
-  whitespace is stripped and missing values become ``""``. Datetimes become ISO strings.
-- Columns that are character by ADaM naming convention (``*ID``, ``*FL``, ``*DTC``, ``*GRn`` and
-  the identifiers in :data:`CHARACTER_COLUMNS`) are always text, so ``SITEID = 701`` in a CSV
-  reads as ``"701"`` exactly as in the XPT file.
-- CSV cells are read as text; any other column whose non-blank cells all parse as numbers becomes
-  numeric (blank, ``NA``, ``NaN`` and SAS ``.`` count as missing), an entirely blank one too
-  (all NaN), since CSV cannot tell an empty text column from an empty numeric one.
+Normalisation rules: :mod:`sites.normalise`. CSV files are read by :mod:`sites.csv_typed` where
+it gives the same table, else as text cells.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,21 +25,11 @@ from numpy.typing import NDArray
 from analysis.data import SurvivalData
 from analysis.errors import UserError
 from sites import check
+from sites.csv_typed import read_csv_typed
+from sites.normalise import normalise, text
 
 FORMATS = {".xpt": "xpt", ".csv": "csv", ".parquet": "parquet"}
 """Supported file suffixes and their format names."""
-
-# fmt: off
-CHARACTER_COLUMNS = frozenset({
-    "STUDYID", "USUBJID", "SUBJID", "SITEID", "TRT01P", "TRT01A", "TRTP", "TRTA", "ARM", "ARMCD",
-    "ACTARM", "ACTARMCD", "SEX", "RACE", "ETHNIC", "COUNTRY", "AGEU", "PARAMCD", "PARAM",
-    "EVNTDESC", "CNSDTDSC", "SRCDOM", "SRCVAR",
-})
-# fmt: on
-"""ADaM variables that are always text, whatever the file format stored."""
-
-_CHARACTER_PATTERN = re.compile(r"(ID|FL|DTC|GR\d+)$")
-_ZERO_ATOL = 1e-70
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,6 +210,9 @@ def read_table(path: Path) -> pd.DataFrame:
         if fmt == "xpt":
             frame = _read_xpt(path)
         elif fmt == "csv":
+            typed = read_csv_typed(path)
+            if typed is not None:
+                return typed
             frame = _read_csv(path)
         else:
             frame = pd.read_parquet(path)
@@ -247,7 +227,7 @@ def _read_xpt(path: Path) -> pd.DataFrame:
     with pd.read_sas(path, format="xport", encoding="latin-1", iterator=True) as reader:
         xport: Any = reader  # XportReader: nobs and columns are not in pandas-stubs
         if xport.nobs == 0:  # pandas raises StopIteration on a header-only file
-            return pd.DataFrame(columns=[_text(c) for c in xport.columns])
+            return pd.DataFrame(columns=[text(c) for c in xport.columns])
         return reader.read()
 
 
@@ -257,100 +237,3 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, encoding="utf-8-sig", **options)
     except UnicodeDecodeError:
         return pd.read_csv(path, encoding="latin-1", **options)
-
-
-def is_character(name: str) -> bool:
-    """True for ADaM variables that are text by convention (``*ID``, ``*FL``, ``*DTC``, ...)."""
-    return name in CHARACTER_COLUMNS or _CHARACTER_PATTERN.search(name) is not None
-
-
-def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
-    """Normalise column names and values (see the module notes); returns a new DataFrame."""
-    columns: dict[str, NDArray[Any]] = {}
-    for position, original in enumerate(frame.columns):
-        name = _text(original).upper()
-        values = frame.iloc[:, position]
-        fast = None
-        if infer_numbers and values.dtype.kind == "O" and not is_character(name):
-            fast = _numbers_from_cells(values.to_numpy(dtype=object))
-        if values.dtype.kind in "biuf" and not is_character(name):
-            numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        elif fast is not None:
-            numbers = fast
-        else:
-            text = _as_text(values)
-            if is_character(name) or not infer_numbers:
-                columns[name] = text
-                continue
-            numbers, bad = _parse_numbers(text)
-            if bad.any():
-                columns[name] = text
-                continue
-        columns[name] = np.where(np.isclose(numbers, 0.0, rtol=0.0, atol=_ZERO_ATOL), 0.0, numbers)
-    return pd.DataFrame(columns)
-
-
-def _numbers_from_cells(cells: NDArray[np.object_]) -> NDArray[np.float64] | None:
-    """A column of ``str`` cells that all read as numbers, parsed without stripping first.
-
-    ``float()`` ignores the same surrounding whitespace that ``str.strip()`` removes, so the
-    result equals :func:`_parse_numbers` of the stripped text; ``None`` when any cell is not a
-    ``str``, is not a number (a missing token included) or holds ``_``: the caller then takes
-    the cell-by-cell path.
-    """
-    if not set(map(type, cells)) <= {str}:
-        return None
-    try:
-        numbers = cells.astype(np.float64)
-    except (ValueError, TypeError, OverflowError):
-        return None
-    if "_" in "".join(cells.tolist()):
-        return None
-    return numbers
-
-
-def _parse_numbers(text: NDArray[np.object_]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """:func:`sites.check.parse_numbers` of stripped text cells, vectorised when it can be.
-
-    Casting an object array of ``str`` to float64 calls ``float()`` on every cell, as
-    ``parse_numbers`` does; it fails on the first cell that is not a number (missing tokens
-    included, except ``NaN``/``nan``, which ``float()`` also reads as NaN), and then, or when a
-    cell holds ``_`` (which ``float()`` accepts and ``parse_numbers`` refuses), the cell-by-cell
-    rules decide.
-    """
-    try:
-        numbers = text.astype(np.float64)
-    except (ValueError, TypeError, OverflowError):
-        return check.parse_numbers(text)
-    if "_" in "".join(text.tolist()):
-        return check.parse_numbers(text)
-    return numbers, np.zeros(len(text), dtype=bool)
-
-
-def _as_text(values: pd.Series) -> NDArray[np.object_]:
-    if values.dtype.kind == "M":
-        values = values.dt.strftime("%Y-%m-%dT%H:%M:%S")
-    cells = values.to_numpy(dtype=object)
-    text = np.empty(len(values), dtype=object)
-    if set(map(type, cells)) <= {str}:  # every cell a str (CSV): strip only
-        text[:] = [v.strip() for v in cells]
-    else:
-        text[:] = [_text(v) for v in cells]
-    return text
-
-
-def _text(value: Any) -> str:
-    """One cell as stripped text: bytes decoded, missing -> "", 701.0 -> "701"."""
-    if value is None or value is pd.NaT or value is pd.NA:
-        return ""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            return value.decode("latin-1").strip()
-    if isinstance(value, float | np.floating):
-        if math.isnan(value):
-            return ""
-        if float(value).is_integer():
-            return str(int(value))
-    return str(value).strip()

@@ -26,14 +26,14 @@ from pathlib import Path
 import pandas as pd
 
 from sites import bundle as bundle_module
-from sites import check
+from sites import check, csv_typed, normalise
 from sites.bundle import SiteBundle, find_dataset, load_bundle
 
 CACHE_ENV = "TRIALFED_BUNDLE_CACHE"
 """Environment variable that turns the cache on (see the module notes)."""
 CACHE_FOLDER = ".trialfed-cache"
 """Name of the cache folder inside a bundle folder."""
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _CHUNK = 1 << 20
 
 
@@ -51,7 +51,7 @@ def cache_dir(folder: Path, setting: str | None = None) -> Path | None:
 def bundle_key(folder: Path) -> str:
     """SHA-256 of the bundle's files and of the code that parses and checks them."""
     digest = hashlib.sha256(f"trialfed-bundle-cache {CACHE_FORMAT}\n".encode())
-    code = [Path(bundle_module.__file__), Path(check.__file__)]
+    code = [Path(m.__file__) for m in (bundle_module, check, csv_typed, normalise) if m.__file__]
     files = [folder / "site.toml", find_dataset(folder, "adsl"), find_dataset(folder, "adtte")]
     for path in code + files:
         digest.update(f"{path.name}\n".encode())

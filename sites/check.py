@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from analysis.errors import UserError
@@ -53,6 +55,13 @@ MAX_LINES_PER_RULE = 5
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CNSR_ALLOWED = "(allowed: 0 = event, 1 = censored)"
+WHITESPACE = (
+    "\u0009\u000a\u000b\u000c\u000d"
+    "\u001c\u001d\u001e\u001f \u0085\u00a0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+"""What ``str.strip()`` removes (every ``c`` with ``c.isspace()``), for Arrow's ``utf8_trim``."""
 
 
 def to_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -190,7 +199,7 @@ def check_subjects(
     adsl: pd.DataFrame, adtte: pd.DataFrame, adsl_file: str, adtte_file: str
 ) -> list[str]:
     """Every ADTTE subject must be in ADSL."""
-    absent = ~adtte["USUBJID"].isin(set(adsl["USUBJID"]))
+    absent = ~adtte["USUBJID"].isin(adsl["USUBJID"])
     return _by_value(
         adtte, adtte_file, "USUBJID", absent, lambda v: f"subject {v} is not in {adsl_file}"
     )
@@ -207,7 +216,7 @@ def site_warnings(
                 f"{adsl_file}: arm {arm!r} has {count} subject(s) at this site (fewer than "
                 f"{MIN_ARM_SIZE}); results by arm may disclose individual subjects"
             )
-    without = ~adsl["USUBJID"].isin(set(adtte["USUBJID"]))
+    without = ~adsl["USUBJID"].isin(adtte["USUBJID"])
     if without.any():
         shown = ", ".join(repr(s) for s in adsl.loc[without, "USUBJID"][:MAX_LINES_PER_RULE])
         more = ", ..." if without.sum() > MAX_LINES_PER_RULE else ""
@@ -288,7 +297,22 @@ def _missing_columns(frame: pd.DataFrame, file: str, required: Sequence[str]) ->
 def _blank(frame: pd.DataFrame, file: str, column: str, what: str) -> list[str]:
     if column not in frame:
         return []
-    return _rows_line(file, column, frame[column].astype(str).str.strip() == "", what)
+    blank = _blank_cells(frame[column])
+    return _rows_line(file, column, blank, what)
+
+
+def _blank_cells(values: pd.Series) -> pd.Series:
+    """``str(v).strip() == ""`` for every cell (a missing value counts as its text, "nan")."""
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        try:  # every cell a str: strip in Arrow, over exactly what str.strip() removes
+            cells = pc.utf8_trim(pa.array(values.to_numpy(), pa.string()), characters=WHITESPACE)
+            empty = pc.equal(pc.utf8_length(cells), 0).to_numpy(zero_copy_only=False)
+            return pd.Series(empty, index=values.index)
+        except (pa.ArrowException, UnicodeError):  # e.g. a lone surrogate: the general rule
+            pass
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    blank_values = np.array([str(v).strip() == "" for v in uniques], dtype=bool)
+    return pd.Series(blank_values[codes], index=values.index)
 
 
 def _rows_line(file: str, column: str, mask: pd.Series, what: str) -> list[str]:

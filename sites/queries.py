@@ -15,6 +15,7 @@ makes the site answer with an error and no aggregate at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -65,6 +66,15 @@ def cached_bundle(path: Path) -> SiteBundle:
         _DESIGNS.clear()
     _BUNDLES[str(folder)] = (stamp, bundle)
     return bundle
+
+
+def prefetch(path: Path) -> None:
+    """Load, validate and join a bundle into this process's caches ahead of its first query.
+
+    Bad data is not reported here (the query that needs it reports it and is audited).
+    """
+    with contextlib.suppress(UserError):
+        site_info(cached_bundle(path))
 
 
 def _data(bundle: SiteBundle, param: str) -> SurvivalData:
