@@ -8,7 +8,10 @@ message on stderr and exit status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -123,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ca", type=Path, default=None, help="coordinator CA (deployment)")
     run.add_argument("--out", type=Path, required=True, help="output folder for results.json")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    run.add_argument(
+        "--backend",
+        choices=["process", "ray"],
+        default="process",
+        help="simulation backend: local worker processes (default) or Ray",
+    )
     run.set_defaults(handler=_cmd_run)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on the configured store")
@@ -147,5 +156,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``trialfed`` console script: :func:`main`, then a quick exit.
+
+    Once ``main`` has returned, every non-daemon thread has ended, every ``atexit`` handler has
+    run and the streams are flushed, the process ends without the interpreter's teardown of its
+    modules (about 0.6 s with Flower, pandas and matplotlib loaded, on every command). An
+    unexpected exception still ends the normal way, with its traceback.
+    """
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

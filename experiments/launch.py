@@ -56,23 +56,47 @@ def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def execute(plan: Plan, sites: list[Path] | None, coordinator: str | None, ca: Path | None) -> Any:
-    """Run the plan on the chosen engine and return the protocol outcome."""
+def execute(
+    plan: Plan,
+    sites: list[Path] | None,
+    coordinator: str | None,
+    ca: Path | None,
+    backend: str = "process",
+) -> Any:
+    """Run the plan on the chosen engine and return the protocol outcome.
+
+    The simulation engine may still be winding down when this returns (it overlaps the output
+    writing); :func:`main_run` waits for it before exiting.
+    """
     if sites is not None:
         from federation.simulation import run_simulated
 
-        return run_simulated(plan, sites, progress=_progress)
+        return run_simulated(plan, sites, progress=_progress, backend=backend, wait=False)
     from experiments.deploy import run_deployed
 
     return run_deployed(plan, coordinator or "", ca, progress=_progress)
 
 
+def _engine_stopped(simulated: bool) -> None:
+    """Wait for the simulation engine's processes to end (a run leaves none behind)."""
+    if simulated and "federation.simulation" in sys.modules:
+        from federation.simulation import STOP_SECONDS, wait_stopped
+
+        if not wait_stopped(STOP_SECONDS):
+            print("trialfed: warning: the simulation engine did not stop in time", file=sys.stderr)
+
+
 def main_run(args: argparse.Namespace) -> int:
     """Entry point of ``trialfed run``."""
-    from federation.protocol import RunFailed
-
     plan = load_plan(args.plan)
     sites = check_bundle_paths(list(args.sites)) if args.sites else None
+    backend = getattr(args, "backend", "process")
+    if sites is not None and backend == "process":
+        from federation import workers
+
+        workers.prestart()  # the site workers' imports overlap the coordinator's from here on
+    from federation.protocol import RunFailed
+
     engine = "simulation" if sites is not None else "deployment"
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,12 +120,14 @@ def main_run(args: argparse.Namespace) -> int:
             engine=engine,
             enabled=not args.no_tracking,
         ) as run:
-            outcome = execute(plan, sites, args.coordinator, args.ca)
+            outcome = execute(plan, sites, args.coordinator, args.ca, backend)
             results = build_results(plan, outcome, engine, time.perf_counter() - start)
             run.complete(results, out_dir)
     except RunFailed as exc:
         print(f"trialfed: run failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _engine_stopped(sites is not None)
     results = json.loads((out_dir / "results.json").read_text())
     print(format_results(results))
     print(f"\nresults: {out_dir / 'results.json'}", file=sys.stderr)

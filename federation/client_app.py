@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from analysis.errors import UserError
 from federation.codec import decode, encode
 from sites.node import serve
+from sites.queries import prefetch
 
 
 def handle(message: Message, bundle_path: Path, audit_log: Path | None = None) -> Message:
@@ -32,7 +33,7 @@ def _bundle_from_node_config(context: Context) -> Path:
     return Path(bundle)
 
 
-def make_client_app(bundles: Sequence[Path] | None = None) -> ClientApp:
+def make_client_app(bundles: Sequence[Path | str] | None = None) -> ClientApp:
     """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``."""
     app = ClientApp()
     paths = [str(Path(b).resolve()) for b in bundles] if bundles else None
@@ -47,6 +48,16 @@ def make_client_app(bundles: Sequence[Path] | None = None) -> ClientApp:
         return handle(message, path, Path(str(audit_log)) if audit_log else None)
 
     return app
+
+
+def warm_sites(bundles: Sequence[Path | str], slot: int, size: int) -> None:
+    """Simulation worker ``slot`` of ``size``: load its sites' bundles before the first query.
+
+    Nothing is answered or audited here; a bundle that fails to load fails again, and is
+    reported, when its first query arrives.
+    """
+    for partition in range(slot, len(bundles), size):
+        prefetch(Path(bundles[partition]))
 
 
 app = make_client_app()

@@ -1,9 +1,18 @@
-"""The embedded default engine: Flower's simulation runtime, in this process.
+"""The embedded default engine: Flower's Simulation Runtime, in this process.
 
-The choice of Flower entry point lives here alone. ``flwr.simulation.run_simulation`` is
-deprecated in Flower 1.42 in favour of ``flwr run``, but ``flwr run`` leaves a detached
-simulation SuperLink running after the run (see docs/design.md); in-process keeps a run
-self-contained and leaves no process behind.
+The choice of Flower entry point lives here alone. Two backends run the virtual SuperNodes'
+ClientApps:
+
+- ``"process"`` (default): Flower's Simulation Runtime as ``run_simulation`` builds it (an
+  in-memory LinkState, an :class:`~flwr.superlink.grid.InMemoryGrid` for the ServerApp, the
+  runtime's ``run_api`` worker loop) with :class:`federation.process_backend.ProcessBackend`:
+  local worker processes, each virtual site pinned to one. Nothing but the backend differs from
+  Flower's own path, and the ServerApp and ClientApp are the same objects.
+- ``"ray"``: ``flwr.simulation.run_simulation`` with Flower's Ray backend. Ray's start and stop
+  cost 10-15 s on a 2-core machine; kept for setups that want Ray's resource scheduling.
+
+``flwr run`` is not used: it leaves a detached simulation SuperLink running after the run (see
+docs/design.md); in-process keeps a run self-contained and leaves no process behind.
 """
 
 from __future__ import annotations
@@ -14,15 +23,19 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from experiments.plan import Plan
-from federation.client_app import make_client_app
-from federation.protocol import Outcome, Progress, RunFailed
-from federation.server_app import make_server_app
-from sites.cache import CACHE_ENV
+from analysis.errors import UserError
+from federation import workers
+
+if TYPE_CHECKING:  # imported where used: the site workers start before the coordinator's imports
+    from experiments.plan import Plan
+    from federation.protocol import Outcome, Progress
+
+CACHE_ENV = "TRIALFED_BUNDLE_CACHE"  # sites.cache.CACHE_ENV, without importing pandas here
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -33,10 +46,223 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-
+BACKENDS = ("process", "ray")
+"""Simulation backends (see the module notes)."""
+STOP_SECONDS = 30.0
+"""How long the runtime may take to wind down after the ServerApp has finished."""
+START_SECONDS = 120.0
+"""How long the site worker processes may take to start."""
+PULL_SECONDS = 0.01
+"""How often the ServerApp's in-memory Grid looks for replies (Flower's default: 0.1 s)."""
 OBJECT_STORE_BYTES = 512 * 2**20
 """Ray object store size: messages are aggregates (kilobytes), so the default (30 % of the
 machine's memory, reserved in /dev/shm) is far more than a run needs."""
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`; UserError naming the allowed set otherwise."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {set(BACKENDS)}; got {backend!r}")
+    return backend
+
+
+def run_simulated(
+    plan: Plan,
+    bundles: Sequence[Path],
+    progress: Progress | None = None,
+    cpus: int | None = None,
+    backend: str = "process",
+    wait: bool = True,
+) -> Outcome:
+    """Run ``plan`` over one virtual SuperNode per site bundle; return the protocol outcome.
+
+    Parameters
+    ----------
+    plan : Plan
+    bundles : sequence of Path
+        One site bundle folder per virtual SuperNode (partition id = position).
+    progress : callable, optional
+        Receives one line per round.
+    cpus : int, optional
+        Parallel ClientApps (worker processes or Ray actors); default: one per site, at most the
+        machine's CPUs.
+    backend : {"process", "ray"}
+    wait : bool
+        Return only once the engine has stopped (every worker process ended). With ``False``
+        the process backend winds down on a thread while the caller writes its outputs; call
+        :func:`wait_stopped` before exiting.
+    """
+    from federation.protocol import RunFailed
+
+    check_backend(backend)
+    cpus = cpus or min(len(bundles), os.cpu_count() or 1)
+    sink: list[Any] = []
+    with _quiet_flower(progress):
+        if backend == "ray":
+            with _run_cache(len(bundles) > cpus):
+                _run_ray(plan, bundles, sink, cpus)
+        else:
+            _run_processes(plan, bundles, sink, cpus)
+    if wait:
+        wait_runtime_stopped()
+    if not sink:
+        raise RunFailed("the simulation ended without a result from the ServerApp")
+    if isinstance(sink[0], BaseException):
+        raise sink[0]
+    outcome: Outcome = sink[0]
+    return outcome
+
+
+_STOPPING: list[threading.Thread] = []
+_RUNTIMES: list[threading.Thread] = []
+
+
+def wait_stopped(timeout: float = STOP_SECONDS) -> bool:
+    """Wait for engines that are winding down (see ``run_simulated(wait=False)``).
+
+    Returns False when one is still running after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while _STOPPING:
+        thread = _STOPPING.pop(0)
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return False
+    return True
+
+
+def wait_runtime_stopped(timeout: float = STOP_SECONDS) -> bool:
+    """Wait for the Simulation Runtime's threads too (about a second after a run ends)."""
+    deadline = time.monotonic() + timeout
+    while _RUNTIMES:
+        _RUNTIMES.pop(0).join(max(0.0, deadline - time.monotonic()))
+    return wait_stopped(max(0.0, deadline - time.monotonic()))
+
+
+def _wind_down(pool: workers.WorkerPool, runtime: threading.Thread | None) -> None:
+    """Stop the worker processes and the fork server, on a thread of its own.
+
+    The caller writes its outputs meanwhile; :func:`wait_stopped` waits for this thread. The
+    runtime's own threads (daemon threads) notice the stop flag within about a second, at their
+    queue timeouts, and end by themselves: no process or file is left to them.
+    """
+
+    def stop() -> None:
+        pool.close()
+        workers.stop_fork_server()
+
+    thread = threading.Thread(target=stop, name="trialfed-simulation-stop")
+    thread.start()
+    _STOPPING.append(thread)
+    if runtime is not None:
+        _RUNTIMES.append(runtime)
+
+
+def _run_processes(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: int) -> None:
+    """Flower's Simulation Runtime with the process backend (mirrors ``run_simulation``)."""
+    paths = [str(Path(b).resolve()) for b in bundles]
+    # The workers start (and load their sites' bundles) while this thread imports Flower.
+    pending = workers.start_pool_in_background(
+        cpus, "federation.client_app:make_client_app", (paths,), "federation.client_app:warm_sites"
+    )
+    try:
+        from flwr.app import Context, RecordDict
+        from flwr.app.user_config import UserConfig
+        from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+        from flwr.proto.task_pb2 import Task
+        from flwr.server.run_serverapp import run as run_serverapp
+        from flwr.server.superlink.fleet.vce import vce_api
+        from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+        from flwr.server.superlink.linkstate import LinkStateFactory
+        from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+        from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+        from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+        from flwr.supercore.object_store import ObjectStoreFactory
+        from flwr.supercore.run import Run
+        from flwr.supercore.task_identity import TaskIdentity
+        from flwr.superlink.federation import NoOpFederationManager
+        from flwr.superlink.grid import InMemoryGrid
+
+        from federation.client_app import make_client_app
+        from federation.process_backend import ProcessBackend
+        from federation.server_app import make_server_app
+    except BaseException:  # an incomplete install: the workers must not outlive the run
+        _wind_down(pending.result(START_SECONDS), None)
+        raise
+
+    pool = pending.result(START_SECONDS)
+    runtime: threading.Thread | None = None
+    try:
+        state_factory = LinkStateFactory(
+            FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
+        )
+        run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+        run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+        run.federation_id = NOOP_FEDERATION_ID
+        TaskIdentity.task_id, TaskIdentity.run_id = 1, run.run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        state = state_factory.state()
+        state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]
+        state.task_store[run.primary_task_id] = Task(  # type: ignore[attr-defined]
+            task_id=run.primary_task_id, run_id=run.run_id
+        )
+        grid = InMemoryGrid(state_factory=state_factory, pull_interval=PULL_SECONDS)
+        grid.set_run(run)
+        nodes = vce_api._register_nodes(len(paths), state_factory)
+        stores = vce_api._register_node_info_stores(nodes, run, None)
+        context = Context(run.run_id, 0, UserConfig(), RecordDict(), UserConfig())
+        server_app = make_server_app(plan, expected_nodes=len(paths), sink=sink)
+        client_app = make_client_app(paths)  # built in each worker; here for the interface
+        stop = threading.Event()
+
+        def serve() -> None:
+            try:
+                run_serverapp(
+                    grid=grid, context=context, server_app_dir="", loaded_server_app=server_app
+                )
+            except BaseException as exc:  # e.g. a Flower error outside the ServerApp's own
+                sink.append(exc)
+            finally:
+                stop.set()
+
+        backend = ProcessBackend(pool)
+        runtime = threading.Thread(
+            target=vce_api.run_api,
+            args=(
+                lambda: client_app,
+                lambda: backend,
+                nodes,
+                state_factory,
+                stores,
+                stop,
+                VceMetrics(),
+            ),
+            name="trialfed-simulation-runtime",
+            daemon=True,
+        )
+        runtime.start()
+        serve()
+    finally:
+        _wind_down(pool, runtime)
+
+
+@contextlib.contextmanager
+def _quiet_flower(progress: Progress | None) -> Iterator[None]:
+    """Flower's own INFO lines off; trialfed's progress lines to ``progress``."""
+    logger = logging.getLogger("trialfed")
+    handler = _ProgressHandler(progress) if progress else None
+    if handler:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.ERROR)  # Flower's own INFO lines and deprecation notice
+    try:
+        yield
+    finally:
+        flwr_logger.setLevel(level)
+        if handler:
+            logger.removeHandler(handler)
 
 
 def ray_init_args(cpus: int) -> dict[str, Any]:
@@ -68,27 +294,13 @@ def _start_ray(init_args: dict[str, Any]) -> None:
         ray.init(**init_args)
 
 
-def _import_flower() -> None:
-    import flwr.simulation  # noqa: F401
-
-
-def run_simulated(
-    plan: Plan, bundles: Sequence[Path], progress: Progress | None = None, cpus: int | None = None
-) -> Outcome:
-    """Run ``plan`` over one virtual SuperNode per site bundle; return the protocol outcome."""
-    cpus = cpus or min(len(bundles), os.cpu_count() or 1)
-    init_args = ray_init_args(cpus)
-    with _run_cache(len(bundles) > cpus):
-        return _run(plan, bundles, progress, init_args)
-
-
 @contextlib.contextmanager
 def _run_cache(wanted: bool) -> Iterator[None]:
-    """A parsed-bundle cache (:mod:`sites.cache`) in a temporary folder for this run.
+    """A parsed-bundle cache (:mod:`sites.cache`) in a temporary folder for a Ray run.
 
-    Flower hands a virtual node's message to whichever actor is idle, so with more sites than
+    Ray hands a virtual node's message to whichever actor is idle, so with more sites than
     actors a site moves between actor processes from round to round, and each process would
-    parse its CSV files again. With the cache a process reads the validated tables as Parquet
+    parse its files again. With the cache a process reads the validated tables as Parquet
     instead. Only when ``wanted`` and the user has not set a cache (``TRIALFED_BUNDLE_CACHE``).
     """
     if not wanted or os.environ.get(CACHE_ENV):
@@ -102,56 +314,28 @@ def _run_cache(wanted: bool) -> Iterator[None]:
             os.environ.pop(CACHE_ENV, None)
 
 
-def _run(
-    plan: Plan, bundles: Sequence[Path], progress: Progress | None, init_args: dict[str, Any]
-) -> Outcome:
-    # Flower's imports (about 1 s) overlap Ray's start-up (several processes, seconds)
-    importer = threading.Thread(target=_import_flower, daemon=True)
-    importer.start()
-    try:
-        _start_ray(init_args)
-    finally:
-        importer.join()
+def _run_ray(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: int) -> None:
+    init_args = ray_init_args(cpus)
+    _start_ray(init_args)
     from flwr.simulation import run_simulation
 
-    sink: list[Any] = []
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": init_args,
-    }
-    logger = logging.getLogger("trialfed")
-    handler = _ProgressHandler(progress) if progress else None
-    if handler:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    flwr_logger.setLevel(logging.ERROR)  # Flower's own INFO lines and deprecation notice
+    from federation.client_app import make_client_app
+    from federation.server_app import make_server_app
+
     try:
         run_simulation(
             server_app=make_server_app(plan, expected_nodes=len(bundles), sink=sink),
             client_app=make_client_app(list(bundles)),
             num_supernodes=len(bundles),
-            backend_config=backend_config,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": init_args,
+            },
         )
     finally:
-        flwr_logger.setLevel(level)
-        if handler:
-            logger.removeHandler(handler)
-        _stop_ray()
-    if not sink:
-        raise RunFailed("the simulation ended without a result from the ServerApp")
-    if isinstance(sink[0], BaseException):
-        raise sink[0]
-    outcome: Outcome = sink[0]
-    return outcome
-
-
-def _stop_ray() -> None:
-    """Shut Ray down if Flower did not (it does when the run ends normally)."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():  # Flower shuts it down on a normal end
+            ray.shutdown()
 
 
 class _ProgressHandler(logging.Handler):

@@ -55,13 +55,18 @@ strata = ["SITE"]
 """
 
 
+ENGINE_PROCESSES = ("raylet", "gcs_server", "multiprocessing.forkserver")
+"""Command-line marks of the engines' processes: Ray's daemons; the process backend's fork
+server and its site workers (forked from it, so they show the same command line)."""
+
+
 def _engine_processes() -> set[int]:
-    """PIDs of Ray's daemons (raylet, gcs_server) running now."""
+    """PIDs of simulation-engine processes running now."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
     return {
         int(line.split()[0])
         for line in out.stdout.splitlines()[1:]
-        if "raylet" in line or "gcs_server" in line
+        if any(mark in line for mark in ENGINE_PROCESSES)
     }
 
 
@@ -77,12 +82,14 @@ def _trialfed(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
     )
 
 
-def _run_plan(bundles: list[Path], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _run_plan(
+    bundles: list[Path], tmp_path: Path, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """``trialfed run PLAN --sites ... --out tmp_path/out`` as a whole process."""
     plan_path = tmp_path / "plan.toml"
     plan_path.write_text(PLAN)
     args = ["run", str(plan_path), "--sites", *map(str, bundles), "--out", str(tmp_path / "out")]
-    return _trialfed(args, tmp_path)
+    return _trialfed([*args, *extra], tmp_path)
 
 
 def _mlflow_runs(cwd: Path) -> list[tuple[str, str]]:
@@ -132,3 +139,22 @@ def test_a_site_with_bad_data_fails_the_run_with_exit_2(cdisc_dir: Path, tmp_pat
     assert not (tmp_path / "out" / "results.json").exists()
     assert {status for _, status in _mlflow_runs(tmp_path)} == {"FAILED"}
     assert _engine_processes() <= before
+
+
+def test_ray_backend_gives_the_same_numbers(cdisc_dir: Path, tmp_path: Path) -> None:
+    bundles = split_cdisc_pilot(cdisc_dir, tmp_path / "sites", sites=["701", "705", "708"])
+    before = _engine_processes()
+    done = _run_plan(bundles, tmp_path, ("--backend", "ray", "--no-tracking"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _engine_processes() <= before, "Ray left processes behind"
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    plan = parse_plan(PLAN)
+    reference = build_results(plan, run_plan(plan, InProcessTransport(bundles)), "x", 0.0)
+    assert results["analyses"] == reference["analyses"]
+
+
+def test_unknown_backend_is_a_user_error(cdisc_dir: Path, tmp_path: Path) -> None:
+    bundles = split_cdisc_pilot(cdisc_dir, tmp_path / "sites", sites=["701"])
+    done = _run_plan(bundles, tmp_path, ("--backend", "threads"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--backend" in done.stderr and "'threads'" in done.stderr and "process" in done.stderr
