@@ -18,96 +18,16 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from benchmarks.data import COVARIATES, write_sites
+from benchmarks.measure import ENV, ROOT, measure
 from benchmarks.plans import COX_PLAN, EFFICACY_PLAN, write_plan
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MPLBACKEND": "Agg",
-}
-
-
-@dataclass
-class Measured:
-    """One whole-process measurement."""
-
-    returncode: int
-    wall_s: float
-    peak_tree_rss_mb: float  # peak of the summed RSS of the process and all its descendants
-    children_maxrss_mb: float  # ru_maxrss of the largest waited-for child
-    timed_out: bool
-    tail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {
-            "returncode": self.returncode,
-            "wall_s": round(self.wall_s, 3),
-            "peak_tree_rss_mb": round(self.peak_tree_rss_mb, 1),
-            "children_maxrss_mb": round(self.children_maxrss_mb, 1),
-            "timed_out": self.timed_out,
-        }
-
-
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    try:
-        members = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for member in members:
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
-def measure(
-    cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> Measured:
-    """Run ``cmd`` as a subprocess; wall time, peak memory of its process tree, output tail.
-
-    ``cwd`` comes first on a ``python -m`` child's ``sys.path``: it selects the source tree.
-    """
-    full_env = {**os.environ, **ENV, **(env or {})}
-    with tempfile.TemporaryFile(mode="w+") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            list(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
-        )
-        watcher = psutil.Process(proc.pid)
-        peak = 0
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, _tree_rss(watcher))
-            if time.perf_counter() - start > timeout and not timed_out:
-                for child in watcher.children(recursive=True):
-                    child.kill()
-                proc.kill()
-                timed_out = True
-            time.sleep(0.1)
-        wall = time.perf_counter() - start
-        returncode = os.waitstatus_to_exitcode(status)
-        proc.returncode = returncode
-        maxrss = usage.ru_maxrss / 1024.0
-        log.seek(0)
-        tail = log.read()[-3000:]
-    return Measured(returncode, wall, peak / 2**20, maxrss, timed_out, tail)
 
 
 def _say(message: str) -> None:
@@ -332,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="also n = 1e7 (needs > 24 GiB)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--data", type=Path, default=None, help="work folder (default: temp)")
-    parser.add_argument("--only", nargs="*", default=None, help="fixed cox sites site profile")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="fixed cox sites site deployment profile"
+    )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per command")
     parser.add_argument(
         "--summary-only", action="store_true", help="re-render summary.md from the JSON files"
@@ -342,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["fixed", "cox", "sites", "site", "profile"])
+    wanted = set(args.only or ["fixed", "cox", "sites", "site", "deployment", "profile"])
     if args.smoke:
         sizes, counts, site_n, prof_n = [2000], [2, 3], 5000, 0
     else:
@@ -373,6 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         docs["sites"] = bench_sites(work, counts, 30, args.timeout)
     if "site" in wanted:
         docs["site_side"] = bench_site_side(work, site_n, args.timeout, before=not args.smoke)
+    if "deployment" in wanted and not args.smoke:
+        from benchmarks.deployment import bench_deployment
+
+        _say("deployment on loopback")
+        docs["deployment"] = bench_deployment(work, 300, args.timeout)
     if "profile" in wanted and prof_n:
         docs["profile"] = bench_profile(work, prof_n, args.timeout)
     if not args.summary_only:
@@ -382,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.summary import write_summary
 
     shown = dict(docs)
-    for name in ("fixed", "cox", "sites", "site_side", "profile"):
+    for name in ("fixed", "cox", "sites", "site_side", "deployment", "profile"):
         earlier = out / f"{name}.json"
         if name not in shown and earlier.is_file():  # from an earlier (partial) run
             shown[name] = json.loads(earlier.read_text())[name]

@@ -190,6 +190,10 @@ def plot_km(name: str, km: Mapping[str, Any], cumulative: bool = False) -> Figur
     return fig
 
 
+MAX_FOREST_SITES = 40
+"""Per-site rows in the forest plot at most; with more sites the report's table lists them."""
+
+
 def _forest_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None, str]]:
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
     for name, a in results.get("analyses", {}).items():
@@ -201,7 +205,13 @@ def _forest_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] |
             rows.append(("  Overall", a, p_text(a.get("p"))))
             for country, c in a.get("by_country", {}).items():
                 rows.append((f"  {country}", c, f"n = {c.get('n')}, events = {c.get('events')}"))
-            for site, c in a.get("by_site", {}).items():
+            by_site = a.get("by_site", {})
+            if len(by_site) > MAX_FOREST_SITES:  # a row per site would be unreadable
+                rows.append(
+                    (f"  {len(by_site)} sites: per-site estimates in report.html", None, "")
+                )
+                continue
+            for site, c in by_site.items():
                 label = f"    site {site} ({c.get('country')})"
                 rows.append((label, c, f"n = {c.get('n')}, events = {c.get('events')}"))
         elif a.get("kind") == "cox":

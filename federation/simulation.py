@@ -173,7 +173,6 @@ def _run_processes(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: i
         from flwr.server.run_serverapp import run as run_serverapp
         from flwr.server.superlink.fleet.vce import vce_api
         from flwr.server.superlink.fleet.vce.metrics import VceMetrics
-        from flwr.server.superlink.linkstate import LinkStateFactory
         from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
         from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
         from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
@@ -184,6 +183,7 @@ def _run_processes(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: i
         from flwr.superlink.grid import InMemoryGrid
 
         from federation.client_app import make_client_app
+        from federation.linkstate import NodeIndexedLinkStateFactory
         from federation.process_backend import ProcessBackend
         from federation.server_app import make_server_app
     except BaseException:  # an incomplete install: the workers must not outlive the run
@@ -193,7 +193,7 @@ def _run_processes(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: i
     pool = pending.result(START_SECONDS)
     runtime: threading.Thread | None = None
     try:
-        state_factory = LinkStateFactory(
+        state_factory = NodeIndexedLinkStateFactory(
             FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
         )
         run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))

@@ -30,12 +30,15 @@ from analysis.errors import UserError
 from sites.bundle import SiteBundle
 from sites.cache import load_cached
 
-# Parsed bundles and endpoint data, per process: a simulation actor serves many virtual sites
-# and answers several rounds, so parsing once per bundle matters. Keyed by the files' mtimes
-# and sizes so an edited bundle is reloaded.
+# Parsed bundles and endpoint data, per process: a simulation worker serves many virtual sites
+# (1,000 sites on 2 workers: 500 each) and answers several rounds, so parsing once per bundle
+# matters. Keyed by the files' mtimes and sizes so an edited bundle is reloaded. The least
+# recently used bundles (and what was derived from them) are dropped beyond MAX_CACHED_ROWS
+# table rows or MAX_CACHED_BUNDLES bundles; the bundle in use is always kept.
 # Values keep their bundle alive (and are checked against it), so a recycled id() never
 # returns another bundle's rows.
-_CACHE_SIZE = 64
+MAX_CACHED_BUNDLES = 4096
+MAX_CACHED_ROWS = 20_000_000
 _BUNDLES: dict[str, tuple[tuple[tuple[str, float, int], ...], SiteBundle]] = {}
 _DATA: dict[tuple[int, str], tuple[SiteBundle, SurvivalData]] = {}
 _MODEL_DATA: dict[tuple[int, str, str], tuple[SiteBundle, SurvivalData]] = {}
@@ -55,17 +58,31 @@ def cached_bundle(path: Path) -> SiteBundle:
         )
     except OSError:
         stamp = ()
-    cached = _BUNDLES.get(str(folder))
+    key = str(folder)
+    cached = _BUNDLES.pop(key, None)
     if cached is not None and cached[0] == stamp:
+        _BUNDLES[key] = cached  # now the most recently used
         return cached[1]
+    if cached is not None:
+        _forget(cached[1])
     bundle = load_cached(folder)
-    if len(_BUNDLES) >= _CACHE_SIZE:
-        _BUNDLES.clear()
-        _DATA.clear()
-        _MODEL_DATA.clear()
-        _DESIGNS.clear()
-    _BUNDLES[str(folder)] = (stamp, bundle)
+    _BUNDLES[key] = (stamp, bundle)
+    while len(_BUNDLES) > 1 and (
+        len(_BUNDLES) > MAX_CACHED_BUNDLES or _cached_rows() > MAX_CACHED_ROWS
+    ):
+        _forget(_BUNDLES.pop(next(iter(_BUNDLES)))[1])
     return bundle
+
+
+def _cached_rows() -> int:
+    return sum(len(b.adsl) + len(b.adtte) for _, b in _BUNDLES.values())
+
+
+def _forget(bundle: SiteBundle) -> None:
+    """Drop what was derived from ``bundle`` (endpoint data, model rows, designs)."""
+    for derived in (_DATA, _MODEL_DATA, _DESIGNS):
+        for key in [k for k, (owner, _) in derived.items() if owner is bundle]:
+            del derived[key]
 
 
 def prefetch(path: Path) -> None:

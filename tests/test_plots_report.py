@@ -125,3 +125,19 @@ def test_report_is_self_contained(figures: dict[str, list[Path]]) -> None:
         "[[analysis]]",
     ):
         assert text in html, text
+
+
+def test_forest_lists_sites_only_while_readable() -> None:
+    from experiments.plots import MAX_FOREST_SITES, _forest_rows
+
+    site = {"hr": 0.5, "hr_lower": 0.3, "hr_upper": 0.9, "n": 30, "events": 12, "country": "JP"}
+
+    def ve_with(sites: int) -> dict[str, object]:
+        by_site = {f"S{i:04d}": dict(site) for i in range(sites)}
+        return {"analyses": {"ve": {"kind": "ve", **site, "by_site": by_site}}}
+
+    labels = [label for label, _, _ in _forest_rows(ve_with(MAX_FOREST_SITES))]
+    assert sum("site S" in label for label in labels) == MAX_FOREST_SITES
+    labels = [label for label, _, _ in _forest_rows(ve_with(1000))]
+    assert not any("site S" in label for label in labels)
+    assert "1000 sites: per-site estimates in report.html" in labels[-1]
