@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def _wait(check: Any, timeout: float, what: str) -> None:
 def bench_deployment(work: Path, subjects_per_site: int, timeout: float) -> dict[str, Any]:
     """Start the federation, measure one ``trialfed run --coordinator``, stop everything."""
     base = work / "deployment"
+    shutil.rmtree(base, ignore_errors=True)  # keys and state of an earlier run
     bundles = write_sites(base / "data", SITES * subjects_per_site, SITES, "csv")
     plan = write_plan(EFFICACY_PLAN, base / "plans" / "efficacy.toml")
     certs = create_certificates(["127.0.0.1"], base / "certs")

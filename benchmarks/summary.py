@@ -48,6 +48,30 @@ def _cox_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines + ([""] + notes if notes else [])
 
 
+def _deployment(dep: dict[str, Any]) -> list[str]:
+    title = "## 4. Deployment on loopback (SuperLink + 3 SuperNodes, TLS, node authentication)"
+    if "error" in dep:
+        return [title, "", f"Failed: {dep['error']}", ""]
+    lines = [
+        title,
+        "",
+        f"Standard efficacy plan, {dep['sites']} sites x {dep['subjects_per_site']} subjects; "
+        f"federation start-up (not timed in the run) {_f(dep.get('setup_s'), 1)} s.",
+        "",
+        "| rounds | `trialfed run` wall s | protocol s | seconds per round | peak tree RSS MB |",
+        "|---|---|---|---|---|",
+        f"| {dep.get('rounds', 'failed')} | {_f(dep['wall_s'], 1)} | "
+        f"{_f(dep.get('protocol_s'), 1)} | {[round(r, 2) for r in dep.get('round_s', [])]} | "
+        f"{_f(dep['peak_tree_rss_mb'], 0)} |",
+        "",
+        "| site | bytes sent (TCP, TLS included) | bytes received |",
+        "|---|---|---|",
+    ]
+    for site in dep.get("per_site", []):
+        lines.append(f"| {site['site']} | {site['bytes_sent']:,} | {site['bytes_received']:,} |")
+    return lines + [""]
+
+
 def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path:
     """Render the documents as Markdown tables into ``out/summary.md``."""
     m = meta["machine"]
@@ -71,7 +95,7 @@ def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path
         lines += [
             f"| `trialfed run` Cox plan, 2 sites x 100 subjects (whole process) "
             f"| {_f(tiny['wall_s'])} |",
-            "| of which round 1 (Ray start + first query) "
+            "| of which round 1 (first query: site workers load their bundles) "
             f"| {_f((tiny.get('round_s') or [None])[0])} |",
             "",
             f"Modules loaded by the run path: {fixed['modules_after_import']} "
@@ -90,12 +114,15 @@ def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path
         lines += [
             "## 2. Standard efficacy plan over many small sites (30 subjects each)",
             "",
-            "| sites | wall s | protocol s | rounds | peak tree RSS MB | VE | load before |",
-            "|---|---|---|---|---|---|---|",
+            "| sites | wall s | protocol s | protocol ms per site | rounds | peak tree RSS MB | VE "
+            "| load before |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in docs["sites"]:
+            per_site = 1000 * row["protocol_s"] / row["sites"] if row.get("protocol_s") else None
             lines.append(
                 f"| {row['sites']} | {_f(row['wall_s'], 1)} | {_f(row.get('protocol_s'), 1)} "
+                f"| {_f(per_site, 0)} "
                 f"| {row.get('rounds', 'failed' if not row['timed_out'] else 'timed out')} "
                 f"| {_f(row['peak_tree_rss_mb'], 0)} | {_f(row.get('ve'), 3)} "
                 f"| {row['load_before']} |"
@@ -126,12 +153,8 @@ def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path
                 f"| {key} | " + " | ".join(_f(side[lbl].get(key), 3) for lbl in labels) + " |"
             )
         lines.append("")
-    lines += [
-        "## 4. Deployment on loopback",
-        "",
-        "Placeholder: measured by another engineer (SuperLink + SuperNodes on 127.0.0.1).",
-        "",
-    ]
+    if "deployment" in docs:
+        lines += _deployment(docs["deployment"])
     if "profile" in docs:
         prof = docs["profile"]
         lines += [
