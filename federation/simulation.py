@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # imported where used: the site workers start before the coor
     from experiments.plan import Plan
     from federation.protocol import Outcome, Progress
 
-CACHE_ENV = "TRIALFED_BUNDLE_CACHE"  # sites.cache.CACHE_ENV, without importing pandas here
-
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -303,6 +301,8 @@ def _run_cache(wanted: bool) -> Iterator[None]:
     parse its files again. With the cache a process reads the validated tables as Parquet
     instead. Only when ``wanted`` and the user has not set a cache (``TRIALFED_BUNDLE_CACHE``).
     """
+    from sites.cache import CACHE_ENV  # here: it imports pandas, which the launcher defers
+
     if not wanted or os.environ.get(CACHE_ENV):
         yield
         return

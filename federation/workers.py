@@ -241,6 +241,7 @@ class WorkerPool:
         if size < 1:
             raise ValueError(f"size must be >= 1; got {size}")
         self._closed = threading.Event()
+        prestart()  # the fork server, with THREAD_LIMITS, unless it already runs
         ctx = context()
         self._workers = [_Worker(ctx, factory, warm_up, slot, size) for slot in range(size)]
         for worker in self._workers:

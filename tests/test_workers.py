@@ -144,3 +144,17 @@ def test_closing_leaves_no_process(pool: workers.WorkerPool) -> None:
     workers.stop_fork_server()
     assert _gone([*pids, server])
     assert forkserver._forkserver._forkserver_pid is None
+
+
+def test_a_pool_started_without_prestart_has_the_thread_limits() -> None:
+    workers.stop_fork_server()  # whatever an earlier test left running
+    started = workers.start_pool(1, "tests.worker_apps:make_echo", ("t",))
+    try:
+        # the fork server imported numpy (which sizes its BLAS pool) with this environment
+        server = forkserver._forkserver._forkserver_pid
+        environ = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
+    finally:
+        started.close()
+        workers.stop_fork_server()
+    expected = os.environ.get("OPENBLAS_NUM_THREADS", "1")
+    assert f"OPENBLAS_NUM_THREADS={expected}".encode() in environ
