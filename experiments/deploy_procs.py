@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from analysis.errors import UserError
 from experiments.deploy_pki import CertFiles
@@ -29,9 +31,12 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 STOP_GRACE_S = 15.0
-# flower-supernode exits with Flower exit code 305 ("Failed to activate SuperNode", code 2004);
-# the operating system keeps 305 % 256 = 49 of it.
-ACTIVATION_REFUSED = 305 % 256
+OUTPUT_GRACE_S = 2.0
+"""How long the last lines of an exited child may take to be read."""
+ACTIVATION_REFUSED = "Failed to activate SuperNode"
+"""What flower-supernode prints when the coordinator refuses to activate it (Flower exit code
+305, code 2004). Flower 1.42 exits with status 1 for every error (``flwr_exit``), so the status
+alone cannot tell a refusal from any other failure."""
 ACTIVATION_RETRY_S = float(os.environ.get("TRIALFED_ACTIVATION_RETRY_S", "120"))
 ACTIVATION_PAUSE_S = 5.0
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
@@ -150,16 +155,18 @@ def run_site(command: Sequence[str], env: dict[str, str], retry_s: float | None 
     """Run a SuperNode in the foreground, retrying while the coordinator refuses activation.
 
     A SuperLink refuses a node whose key is not enrolled, and also a node whose previous
-    connection it still counts as online (about 48 s after a crash): flower-supernode then exits
-    at once with status 305. A restarted site therefore retries for ``retry_s`` seconds
-    (``$TRIALFED_ACTIVATION_RETRY_S``, default 120) before giving up.
+    connection it still counts as online (about 48 s after a crash): flower-supernode then
+    prints :data:`ACTIVATION_REFUSED` and exits at once. A restarted site therefore retries for
+    ``retry_s`` seconds (``$TRIALFED_ACTIVATION_RETRY_S``, default 120) before giving up.
     """
     limit = ACTIVATION_RETRY_S if retry_s is None else retry_s
     deadline = time.monotonic() + limit
     while True:
-        code = run_foreground(command, env)
-        if code != ACTIVATION_REFUSED or time.monotonic() + ACTIVATION_PAUSE_S > deadline:
-            if code == ACTIVATION_REFUSED:
+        lines: list[str] = []
+        code = run_foreground(command, env, lines.append)
+        refused = code != 0 and any(ACTIVATION_REFUSED in line for line in lines)
+        if not refused or time.monotonic() + ACTIVATION_PAUSE_S > deadline:
+            if refused:
                 print(
                     "trialfed: the coordinator refused this site: its public key is not "
                     "enrolled (`trialfed coordinator enroll site.pub`) or it is the wrong key",
@@ -175,13 +182,48 @@ def run_site(command: Sequence[str], env: dict[str, str], retry_s: float | None 
         time.sleep(ACTIVATION_PAUSE_S)
 
 
-def run_foreground(command: Sequence[str], env: dict[str, str]) -> int:
+def run_foreground(
+    command: Sequence[str], env: dict[str, str], on_line: Callable[[str], None] | None = None
+) -> int:
     """Run ``command`` in the foreground; Ctrl-C stops it (and its helpers) gracefully.
 
     The child shares this terminal's process group, so Ctrl-C reaches it directly; this process
     then waits up to :data:`STOP_GRACE_S` seconds before terminating and finally killing it.
+    With ``on_line``, the child's output passes through this process (to stderr) on a thread,
+    each line also given to ``on_line``; the wait ends when the child does, not when its pipe
+    closes (Flower's helper processes inherit it and may outlive the child).
     """
-    proc = subprocess.Popen(list(command), env=env)
+    piped = on_line is not None
+    proc = subprocess.Popen(
+        list(command),
+        env=env,
+        stdout=subprocess.PIPE if piped else None,
+        stderr=subprocess.STDOUT if piped else None,
+        text=piped,
+        errors="replace" if piped else None,
+    )
+    reader = None
+    if proc.stdout is not None and on_line is not None:
+        reader = threading.Thread(
+            target=_forward, args=(proc.stdout, on_line), name="supernode-output", daemon=True
+        )
+        reader.start()
+    try:
+        return _wait_gracefully(proc)
+    finally:
+        if reader is not None:
+            reader.join(OUTPUT_GRACE_S)  # the lines the child wrote just before it exited
+
+
+def _forward(stream: IO[str], on_line: Callable[[str], None]) -> None:
+    with stream:
+        for line in stream:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            on_line(line)
+
+
+def _wait_gracefully(proc: subprocess.Popen[Any]) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:

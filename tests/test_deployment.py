@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from analysis.errors import UserError
+from experiments import deploy_procs
 from experiments.deploy_pki import create_certificates, create_site_keys, server_names
 from experiments.deploy_procs import QUIET_ENV, free_port, parse_address
 from experiments.deploy_run import Control, run_deployed
@@ -301,6 +302,50 @@ class Federation:
         for proc in [*self.extra, *self.sites.values(), self.coordinator]:
             if proc is not None:
                 proc.stop()
+
+
+FAKE_SUPERNODE = """
+import sys
+from pathlib import Path
+attempts = Path(sys.argv[1])
+n = int(attempts.read_text()) + 1 if attempts.exists() else 1
+attempts.write_text(str(n))
+if n <= int(sys.argv[2]):
+    print("Exit Code: 305", flush=True)
+    print(sys.argv[3], flush=True)
+    sys.exit(1)  # Flower 1.42 exits with 1 for every error
+print("SuperNode ID: 7", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("refusals", "text", "retry_s", "code", "attempts"),
+    [
+        (2, "[code: 2004] Failed to activate SuperNode.", 60.0, 0, 3),  # refused, then accepted
+        (1, "some other failure", 60.0, 1, 1),  # not a refusal: no retry
+        (5, "[code: 2004] Failed to activate SuperNode.", 0.0, 1, 1),  # out of retry time
+    ],
+    ids=["retried", "other-error", "gives-up"],
+)
+def test_site_retries_only_a_refused_activation(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    refusals: int,
+    text: str,
+    retry_s: float,
+    code: int,
+    attempts: int,
+) -> None:
+    monkeypatch.setattr(deploy_procs, "ACTIVATION_PAUSE_S", 0.05)
+    counter = tmp_path / "attempts"
+    command = [sys.executable, "-c", FAKE_SUPERNODE, str(counter), str(refusals), text]
+    assert deploy_procs.run_site(command, dict(os.environ), retry_s=retry_s) == code
+    assert int(counter.read_text()) == attempts
+    err = capfd.readouterr().err
+    assert text in err  # the SuperNode's own output still reaches the terminal
+    assert ("the coordinator refused this site" in err) == (retry_s == 0.0)
 
 
 @pytest.fixture(scope="module")
