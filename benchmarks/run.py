@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.run [--smoke] [--full] [--out DIR] [--data DIR]`` (``make bench``,
 ``make bench-smoke``). Every measured command is a whole process (subprocess), so wall times and
-memory include interpreter start, imports and, for trialfed, the Flower simulation engine (Ray).
+memory include interpreter start, imports and, for trialfed, the Flower simulation engine and its
+site worker processes.
 See benchmarks/README.md for what each benchmark measures.
 """
 
