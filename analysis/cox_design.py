@@ -202,14 +202,15 @@ def global_levels(
 def _variable_columns(
     data: SurvivalData, name: str, spec: CoxSpec, rows: NDArray[np.bool_]
 ) -> tuple[list[FloatArray], list[str]]:
-    values = data.column(name)[rows]
+    column = data.column(name)
+    values = column if bool(rows.all()) else column[rows]  # no copy of a complete column
     if name not in spec.levels:
         if not is_numeric(values):
             raise UserError(
                 f"categorical covariate {name!r} has no levels in the Cox spec; "
                 f"levels are given for {sorted(spec.levels)}"
             )
-        return [values.astype(np.float64)], [name]
+        return [values.astype(np.float64, copy=False)], [name]
     levels = spec.levels[name]
     text = _as_text(values)
     unknown = sorted(set(text.tolist()) - set(levels))
@@ -268,6 +269,15 @@ def build_design(
     """
     if rows is None:
         rows = used_rows(data, spec)
+    cols, terms = _design_columns(data, spec, rows)
+    x = np.column_stack(cols) if cols else np.zeros((int(rows.sum()), 0))
+    return np.ascontiguousarray(x, dtype=np.float64), terms
+
+
+def _design_columns(
+    data: SurvivalData, spec: CoxSpec, rows: NDArray[np.bool_]
+) -> tuple[list[FloatArray], tuple[str, ...]]:
+    """The design's columns (of the rows in ``rows``) and their term names."""
     per_var: dict[str, tuple[list[FloatArray], list[str]]] = {}
     for name in spec.variables:
         per_var[name] = _variable_columns(data, name, spec, rows)
@@ -283,9 +293,7 @@ def build_design(
                 terms.append(f"{ta}:{tb}")
     if len(set(terms)) != len(terms):
         raise UserError(f"the Cox model repeats a term; terms: {terms}")
-    n = int(rows.sum())
-    x = np.column_stack(cols) if cols else np.zeros((n, 0))
-    return np.ascontiguousarray(x, dtype=np.float64), tuple(terms)
+    return cols, tuple(terms)
 
 
 def stratum_keys(data: SurvivalData, strata: Sequence[str], rows: NDArray[np.bool_]) -> list[Any]:
@@ -392,16 +400,21 @@ def prepare(data: SurvivalData | CoxDesign, spec: CoxSpec) -> CoxDesign:
             raise ValueError("the prepared CoxDesign was built for another CoxSpec")
         return data
     rows = used_rows(data, spec)
-    x, terms = build_design(data, spec, rows)
+    cols, terms = _design_columns(data, spec, rows)
     time = data.time[rows]
     event = data.event[rows]
     uniq, codes = _stratum_codes(data, spec.strata, rows)
     order = np.lexsort((time, codes))
     codes = codes[order]
     bounds = np.searchsorted(codes, np.arange(len(uniq) + 1)).astype(np.int64)
-    x_mean = x.mean(axis=0) if x.shape[0] else np.zeros(x.shape[1])
-    centred = np.asfortranarray(x[order])
-    centred -= x_mean
+    # filled column by column, each column dropped once placed: memory holds the design once
+    centred = np.empty((order.shape[0], len(cols)), dtype=np.float64, order="F")
+    x_mean = np.zeros(len(cols))
+    for j in range(len(cols)):
+        column = cols.pop(0)
+        x_mean[j] = column.mean() if column.shape[0] else 0.0
+        np.take(column, order, out=centred[:, j], mode="clip")  # "clip": unbuffered
+        centred[:, j] -= x_mean[j]
     return CoxDesign(
         spec=spec,
         terms=terms,

@@ -58,10 +58,10 @@ class SurvivalData:
                 raise ValueError(
                     f"covariate {name!r} has shape {column.shape}, expected {time.shape}"
                 )
-            column = column.astype(np.float64) if is_numeric(column) else column.astype(object)
-            covariates[name] = column
-        object.__setattr__(self, "time", time)
-        object.__setattr__(self, "event", event)
+            kind = np.float64 if is_numeric(column) else object
+            covariates[name] = _read_only(column.astype(kind, copy=False))
+        object.__setattr__(self, "time", _read_only(time))
+        object.__setattr__(self, "event", _read_only(event))
         object.__setattr__(self, "covariates", covariates)
 
     @property
@@ -103,3 +103,10 @@ class SurvivalData:
             event=np.concatenate([p.event for p in parts]),
             covariates={k: np.concatenate([p.covariates[k] for p in parts]) for k in names},
         )
+
+
+def _read_only(values: NDArray[Any]) -> NDArray[Any]:
+    """A read-only view: the arrays may be the site table's own columns (no copy is made)."""
+    view = values.view()
+    view.flags.writeable = False
+    return view

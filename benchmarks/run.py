@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     work = args.data or Path(tempfile.gettempdir()) / "trialfed-bench"
-    work.mkdir(parents=True, exist_ok=True)
+    (work / "out").mkdir(parents=True, exist_ok=True)  # every bench writes its JSON there
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     wanted = set(args.only or ["fixed", "cox", "sites", "site", "deployment", "profile"])

@@ -141,6 +141,9 @@ def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path
             "cox_round_s",
             "cox_round_unprepared_s",
             "maxrss_mb",
+            "message_load_s",
+            "message_cox_round_s",
+            "message_maxrss_mb",
         ]
         lines += [
             f"## 3. One site with {side['n']:,} subjects (CSV), whole process",

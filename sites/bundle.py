@@ -68,7 +68,7 @@ class SiteBundle:
 
     def subjects(self) -> dict[str, NDArray[Any]]:
         """Every ADSL column (one entry per subject) plus ``SITE`` and ``COUNTRY``."""
-        return self._covariates(np.arange(len(self.adsl)))
+        return self._covariates(None, len(self.adsl))
 
     def survival_data(self, paramcd: str) -> SurvivalData:
         """ADTTE rows of ``paramcd`` joined to ADSL by USUBJID.
@@ -84,28 +84,49 @@ class SiteBundle:
             ``time = AVAL``, ``event = (CNSR == 0)``, covariates = every ADSL column (numeric
             as float64, other as str) plus ``SITE`` (site id) and ``COUNTRY`` (site country).
         """
-        rows = self.adtte[self.adtte["PARAMCD"] == paramcd]
-        if rows.empty:
+        selected = self.adtte["PARAMCD"].to_numpy() == paramcd
+        if not selected.any():
             available = ", ".join(repr(p) for p in self.params())
             raise UserError(
                 f"parameter must be one of {{{available}}} at site {self.site_id}; got {paramcd!r}"
             )
-        index = pd.Index(self.adsl["USUBJID"])
-        positions = index.get_indexer(rows["USUBJID"])
+        every = bool(selected.all())  # then the columns are used as they are, not copied
+
+        def endpoint(name: str) -> NDArray[Any]:
+            column = self.adtte[name].to_numpy()
+            return column if every else column[selected]
+
+        subjects = self.adsl["USUBJID"].to_numpy()
+        ids = endpoint("USUBJID")
+        positions: NDArray[np.intp] | None = None
+        if ids.shape != subjects.shape or not bool((ids == subjects).all()):
+            positions = pd.Index(subjects).get_indexer(ids)  # otherwise ADSL order: no join
         return SurvivalData(
-            time=rows["AVAL"].to_numpy(dtype=np.float64),
-            event=rows["CNSR"].to_numpy(dtype=np.float64) == 0.0,
-            covariates=self._covariates(positions),
+            time=endpoint("AVAL").astype(np.float64, copy=False),
+            event=endpoint("CNSR").astype(np.float64, copy=False) == 0.0,
+            covariates=self._covariates(positions, ids.shape[0]),
         )
 
-    def _covariates(self, positions: NDArray[np.intp]) -> dict[str, NDArray[Any]]:
+    def _covariates(self, positions: NDArray[np.intp] | None, n: int) -> dict[str, NDArray[Any]]:
         covariates: dict[str, NDArray[Any]] = {}
         for name in self.adsl.columns:
-            covariates[str(name)] = self.adsl[name].to_numpy()[positions]
-        n = len(positions)
-        covariates["SITE"] = np.full(n, self.site_id, dtype=object)
-        covariates["COUNTRY"] = np.full(n, self.country, dtype=object)
+            column = self.adsl[name].to_numpy()
+            if positions is None:  # the table's own column, seen read-only
+                column = column.view()
+                column.flags.writeable = False
+            else:
+                column = column[positions]
+            covariates[str(name)] = column
+        covariates["SITE"] = _repeated(self.site_id, n)
+        covariates["COUNTRY"] = _repeated(self.country, n)
         return covariates
+
+
+def _repeated(value: str, n: int) -> NDArray[np.object_]:
+    """``n`` references to one ``str`` (``np.full`` would make ``n`` copies of it)."""
+    out = np.empty(n, dtype=object)
+    out.fill(value)
+    return out
 
 
 def load_bundle(path: str | Path) -> SiteBundle:

@@ -21,6 +21,7 @@ reader error. The text path then gives the same table, or the precise error.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,45 +35,89 @@ from numpy.typing import NDArray
 from sites.check import MISSING_TOKENS, WHITESPACE
 from sites.normalise import exact_zeros, is_character, numbers_or_text, text
 
+BLOCK_BYTES = 16 << 20
+"""Bytes of the file converted at a time: memory holds one block of Arrow strings, not the file."""
+
 NUMBER = r"^[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))$"
 """Cells that Arrow casts to float64 exactly as ``float()`` parses them (RE2 syntax)."""
 
 
-def read_csv_typed(path: Path) -> pd.DataFrame | None:
-    """The normalised table of CSV file ``path``, or ``None`` when the text path must decide."""
+def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame | None:
+    """The normalised table of CSV file ``path``, or ``None`` when the text path must decide.
+
+    ``block_bytes`` is the size of the blocks the file is read in (tests make it small).
+    """
     names = _header(path)
     if names is None:
         return None
+    upper = [text(original).upper() for original in names]
+    pieces: list[list[NDArray[Any]]] = [[] for _ in names]
+    as_text: set[int] = set()  # columns some cell of which needs float()'s own rules
+    rows = 0
     try:
-        table = pa_csv.read_csv(
-            path,
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                check_utf8=True,
-            ),
-        )
+        for batch in _blocks(path, names, block_bytes):
+            if batch.schema.names != names:
+                return None
+            rows += batch.num_rows
+            for position, name in enumerate(upper):
+                cells = batch.column(position)
+                if cells.null_count:
+                    return None
+                if is_character(name):
+                    pieces[position].append(_stripped(cells))
+                elif position not in as_text:
+                    numbers = _numbers(cells)
+                    if numbers is None:
+                        as_text.add(position)
+                        pieces[position] = []
+                    else:
+                        pieces[position].append(numbers)
+            del batch, cells  # this block's Arrow buffers go before the next is read
     except (pa.ArrowException, OSError, ValueError):
         return None
-    if table.column_names != names or table.num_rows == 0:
+    if rows == 0:
         return None
     columns: dict[str, NDArray[Any]] = {}
-    for position, original in enumerate(names):
-        name = text(original).upper()
-        cells = table.column(position).combine_chunks()
-        if cells.null_count:
-            return None
-        if is_character(name):
-            columns[name] = _stripped(cells)
-            continue
-        numbers = _numbers(cells)
-        if numbers is None:  # some cell needs float()'s own rules: the text path for this column
-            columns[name] = numbers_or_text(_stripped(cells))
+    for position, name in enumerate(upper):
+        if position in as_text:
+            columns[name] = _text_column(path, names, position)
+        elif is_character(name):
+            columns[name] = _joined(pieces[position])
         else:
-            columns[name] = exact_zeros(numbers)
-    return pd.DataFrame(columns)
+            columns[name] = exact_zeros(_joined(pieces[position]))
+        pieces[position] = []
+    pa.default_memory_pool().release_unused()  # the allocator keeps freed blocks otherwise
+    return pd.DataFrame(columns, copy=False)  # copy=False: no second, consolidated copy
+
+
+def _options(names: list[str], include: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "parse_options": pa_csv.ParseOptions(newlines_in_values=True),
+        "convert_options": pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in names},
+            include_columns=include,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            check_utf8=True,
+        ),
+    }
+
+
+def _blocks(path: Path, names: list[str], block_bytes: int) -> Iterator[pa.RecordBatch]:
+    """The file's rows as Arrow strings, ``block_bytes`` of the file at a time."""
+    read = pa_csv.ReadOptions(block_size=block_bytes)
+    with pa_csv.open_csv(path, read_options=read, **_options(names)) as reader:
+        yield from reader
+
+
+def _text_column(path: Path, names: list[str], position: int) -> NDArray[Any]:
+    """Column ``position`` read again, whole, through the text rules (float() or str)."""
+    table = pa_csv.read_csv(path, **_options(names, include=[names[position]]))
+    return numbers_or_text(_stripped(table.column(0).combine_chunks()))
+
+
+def _joined(pieces: list[NDArray[Any]]) -> NDArray[Any]:
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 def _header(path: Path) -> list[str] | None:

@@ -231,3 +231,34 @@ def test_subjects_covers_all_adsl_rows(tmp_path: Path) -> None:
     assert list(subjects["USUBJID"]) == list(adsl["USUBJID"])
     assert set(subjects["COUNTRY"]) == {"JP"}
     assert isinstance(bundle.adsl, pd.DataFrame)
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["adsl", "reversed", "subset"],
+    ids=["adsl-order", "reversed", "some-subjects"],
+)
+def test_survival_data_matches_each_adtte_row_to_its_subject(tmp_path: Path, order: str) -> None:
+    adsl, adtte = toy_tables()
+    rows = {"adsl": adtte, "reversed": adtte.iloc[::-1], "subset": adtte.iloc[[7, 2, 9]]}[order]
+    other = rows.assign(PARAMCD="OS", PARAM="Overall survival", AVAL=rows["AVAL"] + 1.0)
+    both = pd.concat([other, rows], ignore_index=True)  # TTDE rows follow another endpoint's
+    bundle = load_bundle(write_bundle(tmp_path / "b", adsl, both))
+    data = bundle.survival_data("TTDE")
+    np.testing.assert_array_equal(data.time, rows["AVAL"].to_numpy(dtype=float))
+    np.testing.assert_array_equal(data.event, rows["CNSR"].to_numpy() == 0)
+    by_subject = adsl.set_index("USUBJID")
+    np.testing.assert_array_equal(data.column("USUBJID"), rows["USUBJID"].to_numpy())
+    np.testing.assert_array_equal(data.column("AGE"), by_subject.loc[rows["USUBJID"], "AGE"])
+    assert list(data.column("SEX")) == list(by_subject.loc[rows["USUBJID"], "SEX"])
+    assert list(data.column("SITE")) == ["TOY1"] * len(rows)
+
+
+def test_survival_data_cannot_write_into_the_site_tables(tmp_path: Path) -> None:
+    adsl, adtte = toy_tables()
+    bundle = load_bundle(write_bundle(tmp_path / "b", adsl, adtte))
+    data = bundle.survival_data("TTDE")  # ADTTE in ADSL order: the tables' own columns
+    for values in (data.time, data.event, data.column("AGE"), bundle.subjects()["AGE"]):
+        with pytest.raises(ValueError, match="read-only"):
+            values[0] = -1
+    assert bundle.adsl["AGE"].iloc[0] == 50.0 and bundle.adtte["AVAL"].iloc[0] == 10.0

@@ -18,7 +18,7 @@ import pytest
 
 from sites.bundle import _read_csv, read_table
 from sites.check import WHITESPACE
-from sites.csv_typed import read_csv_typed
+from sites.csv_typed import _blocks, read_csv_typed
 from sites.normalise import exact_zeros, normalise
 
 TRICKY_NUMBER_CELLS = [
@@ -136,3 +136,27 @@ def test_read_table_takes_the_typed_reader_for_plain_csv(tmp_path: Path) -> None
     table = read_table(path)
     _assert_same(table, _text_path(path))
     assert np.isnan(table["CNSR"][2]) and table["AVAL"].dtype == np.float64
+
+
+def test_a_file_read_in_many_blocks_gives_the_same_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    n = 3000
+    rows = [
+        [
+            f"S-{i}",
+            "multi\nline arm" if i % 500 == 7 else f" Arm {i % 3} ",
+            repr(float(rng.normal(50, 10))),
+            " 7 " if i == n - 2 else str(i),  # float() reads it, NUMBER does not: last block
+            "late text" if i == n - 1 else "1.5",  # text only in the last block
+        ]
+        for i in range(n)
+    ]
+    header = ["USUBJID", "TRT01P", "AGE", "LATE", "MIXED"]
+    path = _write(tmp_path / "adsl.csv", header, rows)
+    assert sum(1 for _ in _blocks(path, header, 4096)) > 10
+    typed = read_csv_typed(path, block_bytes=4096)
+    assert typed is not None
+    assert typed["LATE"].dtype == np.float64 and typed["LATE"].iloc[-2] == 7.0
+    assert typed["MIXED"].dtype == object and typed["MIXED"].iloc[-1] == "late text"
+    _assert_same(typed, _text_path(path))
+    _assert_same(typed, read_csv_typed(path))  # one block: the same table
