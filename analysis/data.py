@@ -59,9 +59,9 @@ class SurvivalData:
                     f"covariate {name!r} has shape {column.shape}, expected {time.shape}"
                 )
             kind = np.float64 if is_numeric(column) else object
-            covariates[name] = _read_only(column.astype(kind, copy=False))
-        object.__setattr__(self, "time", _read_only(time))
-        object.__setattr__(self, "event", _read_only(event))
+            covariates[name] = read_only(column.astype(kind, copy=False))
+        object.__setattr__(self, "time", read_only(time))
+        object.__setattr__(self, "event", read_only(event))
         object.__setattr__(self, "covariates", covariates)
 
     @property
@@ -105,7 +105,7 @@ class SurvivalData:
         )
 
 
-def _read_only(values: NDArray[Any]) -> NDArray[Any]:
+def read_only(values: NDArray[Any]) -> NDArray[Any]:
     """A read-only view: the arrays may be the site table's own columns (no copy is made)."""
     view = values.view()
     view.flags.writeable = False

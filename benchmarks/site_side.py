@@ -37,7 +37,7 @@ def _timed(fn: Any) -> tuple[float, Any]:
 
 
 def _peak_mb() -> float:
-    """Peak resident memory (MB) of this process since it started or since :func:`_reset_peak`."""
+    """Peak resident memory (MB) of this process since it started."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -127,11 +127,12 @@ def measure(bundle: Path) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """``OUT.json BUNDLE``, or ``--message CACHE_DIR OUT.json BUNDLE``."""
     if argv[0] == "--message":
-        result = message(Path(argv[3]), Path(argv[1]))
-        argv = argv[2:]
+        folder, target, bundle = argv[1:4]
+        result = message(Path(bundle), Path(folder))
     else:
-        result = measure(Path(argv[1]))
-    Path(argv[0]).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        target, bundle = argv[:2]
+        result = measure(Path(bundle))
+    Path(target).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from analysis.data import SurvivalData
+from analysis.data import SurvivalData, read_only
 from analysis.errors import UserError
 from sites import check
 from sites.csv_typed import read_csv_typed
@@ -111,12 +111,8 @@ class SiteBundle:
         covariates: dict[str, NDArray[Any]] = {}
         for name in self.adsl.columns:
             column = self.adsl[name].to_numpy()
-            if positions is None:  # the table's own column, seen read-only
-                column = column.view()
-                column.flags.writeable = False
-            else:
-                column = column[positions]
-            covariates[str(name)] = column
+            # without positions: the table's own column, seen read-only
+            covariates[str(name)] = read_only(column) if positions is None else column[positions]
         covariates["SITE"] = _repeated(self.site_id, n)
         covariates["COUNTRY"] = _repeated(self.country, n)
         return covariates
