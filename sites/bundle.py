@@ -15,6 +15,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,12 @@ class SiteBundle:
 
     def params(self) -> list[str]:
         """The ADTTE parameter codes (PARAMCD), sorted."""
-        return sorted(set(self.adtte["PARAMCD"]))
+        return list(self._params)
+
+    @cached_property
+    def _params(self) -> tuple[str, ...]:
+        # every request asks for them; a set over a million cells takes ~50 ms
+        return tuple(sorted(set(self.adtte["PARAMCD"])))
 
     def subjects(self) -> dict[str, NDArray[Any]]:
         """Every ADSL column (one entry per subject) plus ``SITE`` and ``COUNTRY``."""

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sites import bundle as bundle_module
 from sites import check, csv_typed, normalise
@@ -91,9 +93,9 @@ def _read(where: Path, key: str, folder: Path) -> SiteBundle | None:
     meta_path = where / f"{key}.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        adsl = pd.read_parquet(where / f"{key}.adsl.parquet")
-        adtte = pd.read_parquet(where / f"{key}.adtte.parquet")
-    except (OSError, ValueError):
+        adsl = _read_table(where / f"{key}.adsl.parquet")
+        adtte = _read_table(where / f"{key}.adtte.parquet")
+    except (OSError, ValueError, pa.ArrowException):
         return None
     return SiteBundle(
         site_id=meta["site_id"],
@@ -106,6 +108,16 @@ def _read(where: Path, key: str, folder: Path) -> SiteBundle | None:
         warnings=list(meta["warnings"]),
         files={k: folder / v for k, v in meta["files"].items()},
     )
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """One cached table, converted column by column as Arrow lets go of each (a fresh message
+    process reads a million-row bundle: the Arrow and pandas copies must not coexist whole)."""
+    table = pq.read_table(path)
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table  # self_destruct: the table must not be used again
+    pa.default_memory_pool().release_unused()  # else the allocator keeps the freed blocks
+    return frame
 
 
 def _write(where: Path, key: str, loaded: SiteBundle) -> None:

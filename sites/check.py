@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from analysis.errors import UserError
@@ -199,6 +197,8 @@ def check_subjects(
     adsl: pd.DataFrame, adtte: pd.DataFrame, adsl_file: str, adtte_file: str
 ) -> list[str]:
     """Every ADTTE subject must be in ADSL."""
+    if same_subjects(adtte["USUBJID"].to_numpy(), adsl["USUBJID"].to_numpy()):
+        return []
     absent = ~adtte["USUBJID"].isin(adsl["USUBJID"])
     return _by_value(
         adtte, adtte_file, "USUBJID", absent, lambda v: f"subject {v} is not in {adsl_file}"
@@ -216,14 +216,16 @@ def site_warnings(
                 f"{adsl_file}: arm {arm!r} has {count} subject(s) at this site (fewer than "
                 f"{MIN_ARM_SIZE}); results by arm may disclose individual subjects"
             )
-    without = ~adsl["USUBJID"].isin(adtte["USUBJID"])
-    if without.any():
-        shown = ", ".join(repr(s) for s in adsl.loc[without, "USUBJID"][:MAX_LINES_PER_RULE])
-        more = ", ..." if without.sum() > MAX_LINES_PER_RULE else ""
-        warnings.append(
-            f"{adsl_file}: {int(without.sum())} subject(s) have no rows in {adtte_file} "
-            f"({_rows(without)}): {shown}{more}"
-        )
+    subjects, ids = adsl["USUBJID"], adtte["USUBJID"]
+    if not same_subjects(ids.to_numpy(), subjects.to_numpy()):
+        without = ~subjects.isin(ids)
+        if without.any():
+            shown = ", ".join(repr(s) for s in subjects[without][:MAX_LINES_PER_RULE])
+            more = ", ..." if without.sum() > MAX_LINES_PER_RULE else ""
+            warnings.append(
+                f"{adsl_file}: {int(without.sum())} subject(s) have no rows in {adtte_file} "
+                f"({_rows(without)}): {shown}{more}"
+            )
     for paramcd, cnsr in adtte.groupby("PARAMCD", sort=True)["CNSR"]:
         if not (cnsr == 0).any():
             warnings.append(
@@ -231,6 +233,19 @@ def site_warnings(
                 f"({len(cnsr)} rows, all censored)"
             )
     return warnings
+
+
+def same_subjects(ids: NDArray[Any], subjects: NDArray[Any]) -> bool:
+    """True when ``ids`` lists ``subjects`` once or several times over, in their order.
+
+    Then every ADTTE subject is in ADSL and every ADSL subject has ADTTE rows, found with one
+    pass of comparisons and no hashing: the usual layout of ADTTE (sorted by PARAMCD, then in
+    ADSL's order). False says nothing; the callers then match the ids by hashing.
+    """
+    n = len(subjects)
+    if n == 0 or len(ids) % n:
+        return False
+    return bool((ids.reshape(-1, n) == subjects).all())
 
 
 def raise_problems(folder: Path, problems: Sequence[str]) -> NoReturn:
@@ -302,17 +317,8 @@ def _blank(frame: pd.DataFrame, file: str, column: str, what: str) -> list[str]:
 
 
 def _blank_cells(values: pd.Series) -> pd.Series:
-    """``str(v).strip() == ""`` for every cell (a missing value counts as its text, "nan")."""
-    if pd.api.types.infer_dtype(values, skipna=False) == "string":
-        try:  # every cell a str: strip in Arrow, over exactly what str.strip() removes
-            cells = pc.utf8_trim(pa.array(values.to_numpy(), pa.string()), characters=WHITESPACE)
-            empty = pc.equal(pc.utf8_length(cells), 0).to_numpy(zero_copy_only=False)
-            return pd.Series(empty, index=values.index)
-        except (pa.ArrowException, UnicodeError):  # e.g. a lone surrogate: the general rule
-            pass
-    codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    blank_values = np.array([str(v).strip() == "" for v in uniques], dtype=bool)
-    return pd.Series(blank_values[codes], index=values.index)
+    """Blank cells of a normalised text column, whose cells are stripped ``str``: the empty ones."""
+    return values == ""
 
 
 def _rows_line(file: str, column: str, mask: pd.Series, what: str) -> list[str]:
@@ -363,6 +369,9 @@ def _as_number(value: Any) -> Any:
 
 
 def _duplicates(frame: pd.DataFrame, file: str, keys: list[str], rule: str) -> list[str]:
+    columns = [frame[key].to_numpy() for key in keys]
+    if _strictly_increasing(columns) or _strictly_increasing(columns[::-1]):
+        return []  # sorted by the key (either order): no key repeats, found without hashing
     table = frame[keys].reset_index(drop=True)
     dup = table.duplicated(keep=False) & (table != "").all(axis=1)
     if not dup.any():
@@ -379,6 +388,28 @@ def _duplicates(frame: pd.DataFrame, file: str, keys: list[str], rule: str) -> l
     if len(groups) > MAX_LINES_PER_RULE:
         lines.append(f"{file}: {len(groups) - MAX_LINES_PER_RULE} more duplicated keys")
     return lines
+
+
+def _strictly_increasing(columns: Sequence[NDArray[Any]]) -> bool:
+    """True when the rows, as tuples of ``columns``, strictly increase (so none repeats).
+
+    ADaM data sets are sorted by their keys; values that do not compare (NaN, mixed types) make
+    it False, and the caller then looks for repeats by hashing.
+    """
+    n = len(columns[0])
+    if n < 2:
+        return True
+    increasing = np.zeros(n - 1, dtype=bool)
+    tied = np.ones(n - 1, dtype=bool)  # rows i and i + 1 equal on the columns seen so far
+    try:
+        for position, column in enumerate(columns):
+            earlier, later = column[:-1], column[1:]
+            increasing |= tied & (later > earlier)
+            if position < len(columns) - 1:
+                tied &= later == earlier
+    except TypeError:
+        return False
+    return bool(increasing.all())
 
 
 def _rows(rows: pd.Series | Sequence[int]) -> str:

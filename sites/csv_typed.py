@@ -7,11 +7,14 @@ strings (so no type is guessed by the reader), and normalises column by column:
 
 - a character column (by ADaM name): each distinct value is stripped once (Arrow's
   ``utf8_trim`` over exactly what ``str.strip()`` removes); the column refers to those shared
-  ``str`` objects;
-- any other column: when every cell is a missing token (:data:`sites.check.MISSING_TOKENS`) or
-  matches :data:`NUMBER`, a strict subset of what ``float()`` accepts (no whitespace, no ``_``,
-  ASCII digits), Arrow casts it to float64, which equals ``float()`` bit for bit
-  (``tests/test_csv_typed.py``); otherwise that column goes through the text rules as before.
+  ``str`` objects, except where the column's first cells are mostly distinct (USUBJID): then
+  every cell is stripped as it comes, with no hashing;
+- any other column: when every byte is in :data:`PLAIN_ALPHABET` and Arrow casts the column
+  to float64, that cast is the column (no regular expression per cell). Else, when every cell is
+  a missing token (:data:`sites.check.MISSING_TOKENS`) or matches :data:`NUMBER`, a strict
+  subset of what ``float()`` accepts (no whitespace, no ``_``, ASCII digits), Arrow casts it to
+  float64, which equals ``float()`` bit for bit (``tests/test_csv_typed.py``); otherwise that
+  column goes through the text rules as before.
 
 :func:`read_csv_typed` returns ``None`` where the whole file needs the text path: not UTF-8,
 an empty or repeated header name, rows of another length than the header, no data rows, or any
@@ -35,6 +38,14 @@ from numpy.typing import NDArray
 from sites.check import MISSING_TOKENS, WHITESPACE
 from sites.normalise import exact_zeros, is_character, numbers_or_text, text
 
+PLAIN_ALPHABET = "0123456789.eE+-"
+"""Over these characters Arrow's float64 cast accepts exactly the strings ``float()`` accepts,
+with the same value (every such string of up to 5 characters: ``tests/test_csv_typed.py``)."""
+_PLAIN_BYTES = PLAIN_ALPHABET.encode("ascii")
+
+PROBE_CELLS = 1024
+"""Cells of a text column's first block that decide whether its values are shared objects."""
+
 BLOCK_BYTES = 16 << 20
 """Bytes of the file converted at a time: memory holds one block of Arrow strings, not the file."""
 
@@ -53,6 +64,7 @@ def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame |
     upper = [text(original).upper() for original in names]
     pieces: list[list[NDArray[Any]]] = [[] for _ in names]
     as_text: set[int] = set()  # columns some cell of which needs float()'s own rules
+    distinct: set[int] = set()  # text columns of mostly distinct values (USUBJID): not shared
     rows = 0
     try:
         for batch in _blocks(path, names, block_bytes):
@@ -64,7 +76,9 @@ def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame |
                 if cells.null_count:
                     return None
                 if is_character(name):
-                    pieces[position].append(_stripped(cells))
+                    if not pieces[position] and _mostly_distinct(cells):
+                        distinct.add(position)
+                    pieces[position].append(_stripped(cells, shared=position not in distinct))
                 elif position not in as_text:
                     numbers = _numbers(cells)
                     if numbers is None:
@@ -132,8 +146,24 @@ def _header(path: Path) -> list[str] | None:
     return names
 
 
-def _stripped(cells: pa.Array) -> NDArray[np.object_]:
-    """The cells as stripped ``str``, one Python object per distinct value."""
+def _mostly_distinct(cells: pa.Array) -> bool:
+    """True when over half of the first :data:`PROBE_CELLS` cells are distinct (USUBJID)."""
+    probe = cells.slice(0, PROBE_CELLS)
+    return len(pc.unique(probe)) * 2 > len(probe)
+
+
+def _stripped(cells: pa.Array, shared: bool = True) -> NDArray[np.object_]:
+    """The cells as stripped ``str``.
+
+    With ``shared``, one Python object per distinct value (a dictionary encoding: one hash per
+    cell); without, one object per cell and no hashing, which is faster for columns whose values
+    are nearly all distinct.
+    """
+    if not shared:
+        plain: NDArray[np.object_] = pc.utf8_trim(cells, characters=WHITESPACE).to_numpy(
+            zero_copy_only=False
+        )
+        return plain
     encoded = cells.dictionary_encode()
     values = pc.utf8_trim(encoded.dictionary, characters=WHITESPACE)
     distinct = values.to_numpy(zero_copy_only=False)
@@ -143,13 +173,39 @@ def _stripped(cells: pa.Array) -> NDArray[np.object_]:
 
 def _numbers(cells: pa.Array) -> NDArray[np.float64] | None:
     """float64 of a column of :data:`NUMBER` cells and missing tokens (NaN); else ``None``."""
+    plain = _plain_numbers(cells)
+    if plain is not None:
+        return plain
     missing = pc.is_in(cells, value_set=pa.array(sorted(MISSING_TOKENS), pa.string()))
     number = pc.match_substring_regex(cells, NUMBER)
     if not pc.all(pc.or_(missing, number)).as_py():
         return None
-    present = pc.if_else(missing, pa.scalar(None, pa.string()), cells)
+    return _float64(pc.if_else(missing, pa.scalar(None, pa.string()), cells))
+
+
+def _plain_numbers(cells: pa.Array) -> NDArray[np.float64] | None:
+    """float64 of a column written only in :data:`PLAIN_ALPHABET` that Arrow casts whole.
+
+    The common case (numbers as a program writes them) without a regular expression per cell:
+    one pass over the column's bytes, then the cast. Missing tokens (``""``, ``.``) and anything
+    else make the cast fail, and :func:`_numbers` then decides cell by cell.
+    """
+    if cells.type != pa.string() or len(cells) == 0:
+        return None
+    _, offsets_buffer, data = cells.buffers()
+    if data is None:  # every cell empty
+        return None
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
+    start, end = offsets[cells.offset], offsets[cells.offset + len(cells)]
+    if bytes(memoryview(data)[start:end]).translate(None, _PLAIN_BYTES):
+        return None  # some byte outside the alphabet
+    return _float64(cells)
+
+
+def _float64(cells: pa.Array) -> NDArray[np.float64] | None:
+    """Arrow's cast of string cells to float64 (nulls as NaN); ``None`` where it refuses one."""
     try:
-        numbers = pc.cast(present, pa.float64())
+        numbers = pc.cast(cells, pa.float64())
     except pa.ArrowException:
         return None
     out: NDArray[np.float64] = numbers.to_numpy(zero_copy_only=False)

@@ -40,8 +40,12 @@ ZERO_ATOL = 1e-70
 
 
 def exact_zeros(numbers: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``numbers`` with values within :data:`ZERO_ATOL` of zero (and -0.0) set to 0.0."""
-    return np.where(np.isclose(numbers, 0.0, rtol=0.0, atol=ZERO_ATOL), 0.0, numbers)
+    """``numbers`` with values within :data:`ZERO_ATOL` of zero (and -0.0) set to 0.0.
+
+    ``abs(x) <= atol`` is what ``np.isclose(x, 0.0, rtol=0.0, atol=atol)`` tests (False for NaN
+    and infinities), without its general broadcasting machinery (10x slower at 1e6 rows).
+    """
+    return np.where(np.abs(numbers) <= ZERO_ATOL, 0.0, numbers)
 
 
 def is_character(name: str) -> bool:

@@ -9,16 +9,18 @@ reader does not take (``None``) must still load through :func:`sites.bundle.read
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from sites.bundle import _read_csv, read_table
 from sites.check import WHITESPACE
-from sites.csv_typed import _blocks, read_csv_typed
+from sites.csv_typed import PLAIN_ALPHABET, _blocks, _plain_numbers, read_csv_typed
 from sites.normalise import exact_zeros, normalise
 
 TRICKY_NUMBER_CELLS = [
@@ -84,6 +86,38 @@ def test_random_number_spellings_bit_for_bit(tmp_path: Path) -> None:
     expected = exact_zeros(np.array([float(c) for c in cells]))  # what every reader applies
     assert (typed["AGE"].to_numpy().view(np.int64) == expected.view(np.int64)).all()
     _assert_same(typed, _text_path(path))
+
+
+def _float_or_none(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def test_plain_alphabet_cast_accepts_exactly_what_float_accepts() -> None:
+    """The regex-free path: every string of up to 4 characters of the alphabet, plus longer ones."""
+    cells = ["".join(p) for k in range(1, 5) for p in itertools.product(PLAIN_ALPHABET, repeat=k)]
+    rng = np.random.default_rng(20261203)
+    alphabet = np.array(list(PLAIN_ALPHABET))
+    cells += ["".join(rng.choice(alphabet, int(rng.integers(5, 13)))) for _ in range(20_000)]
+    parsed = {cell: _float_or_none(cell) for cell in cells}
+    accepted = [cell for cell, value in parsed.items() if value is not None]
+    assert len(accepted) > 20_000 and len(accepted) < len(parsed)  # both kinds well covered
+    got = _plain_numbers(pa.array(accepted, pa.string()))
+    assert got is not None
+    want = np.array([parsed[cell] for cell in accepted])
+    assert (got.view(np.int64) == want.view(np.int64)).all()
+    refused = [cell for cell, value in parsed.items() if value is None]
+    taken = [cell for cell in refused if _plain_numbers(pa.array([cell], pa.string())) is not None]
+    assert taken == []
+
+
+def test_plain_numbers_leave_missing_tokens_and_other_characters_to_the_cell_rules() -> None:
+    for column in (["1", ""], ["1", "."], ["1", " 2"], ["1", "nan"], ["1", "1_0"], [""]):
+        assert _plain_numbers(pa.array(column, pa.string())) is None, column
+    sliced = pa.array(["x", "1.5", "2e3", "y"], pa.string()).slice(1, 2)  # offsets not at 0
+    assert _plain_numbers(sliced).tolist() == [1.5, 2000.0]
 
 
 def test_character_cells_stripped_as_str_strip(tmp_path: Path) -> None:
