@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from analysis.base import format_level
 from analysis.data import SurvivalData, is_numeric
 from analysis.errors import UserError
 
@@ -42,13 +43,12 @@ def check_ties(ties: str) -> Ties:
 
 
 def format_value(value: Any) -> str:
-    """Canonical str of one categorical or strata value (see the module notes)."""
-    if isinstance(value, str):
-        return value
-    number = float(value)
-    if number.is_integer():
-        return str(int(number))
-    return repr(number)
+    """Canonical str of one categorical or strata value (see the module notes).
+
+    The spelling of :func:`analysis.base.format_level`, so that a Cox stratum and a KM or
+    log-rank group of the same value carry the same label.
+    """
+    return format_level(value)
 
 
 def _missing(values: NDArray[Any]) -> NDArray[np.bool_]:
