@@ -52,7 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from experiments.tracking import main_ui
+    from experiments.ui import main_ui
 
     return main_ui(args)
 

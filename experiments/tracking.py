@@ -1,4 +1,4 @@
-"""MLflow tracking of federated runs, and the ``trialfed ui`` browser.
+"""MLflow tracking of federated runs (``trialfed ui`` serves the same store: :mod:`experiments.ui`).
 
 One parent run per plan execution (experiment = study id) holds the provenance (plan, sites,
 versions, git commit, engine), the headline metrics of every analysis and all output files; one
@@ -14,24 +14,29 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 import traceback
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from analysis.errors import UserError
+from experiments.tracking_records import (
+    CHILD_PARAMS,
+    analysis_metrics,
+    finite_or_none,
+    history_points,
+    metric_name,
+    mlflow_key,
+    param_value,
+    plan_params,
+    safe_part,
+    site_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -311,100 +316,6 @@ def tracked_run(
             )
 
 
-# --- names, params and metrics ---------------------------------------------------------------
-
-MAX_KEY = 250
-MAX_PARAM = 6000
-CHILD_PARAMS = {"kind", "param", "by", "arm", "reference", "treatment", "strata", "ties", "alpha"}
-
-
-def safe_part(text: Any) -> str:
-    """One component of an MLflow key: alphanumerics, ``_-.`` and space; others become ``_``."""
-    part = re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(text)).strip()
-    return "_" if part in {"", ".", ".."} else part
-
-
-def metric_name(*parts: Any) -> str:
-    """An MLflow-valid metric or param key from ``parts`` joined with ``/``."""
-    return "/".join(safe_part(p) for p in parts)[:MAX_KEY]
-
-
-def _key(key: str) -> str:
-    return metric_name(*key.split("/"))
-
-
-def _param_value(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        text = ",".join(str(v) for v in value)
-    elif isinstance(value, Mapping):
-        text = json.dumps(value, sort_keys=True, default=str)
-    else:
-        text = str(value)
-    return text[:MAX_PARAM]
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _cox_metrics(cox: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for term, t in cox.get("terms", {}).items():
-        for field in ("hr", "hr_lower", "hr_upper", "p", "coef", "se"):
-            out[metric_name(*prefix, term, field)] = _finite(t.get(field))
-    out[metric_name(*prefix, "loglik_final")] = _finite(cox.get("loglik"))
-    out[metric_name(*prefix, "rounds")] = _finite(cox.get("rounds"))
-    return out
-
-
-def analysis_metrics(a: Mapping[str, Any]) -> dict[str, float]:
-    """Key numbers of one analysis as MLflow metrics (None and non-finite values left out).
-
-    cox: ``<term>/hr``, ``hr_lower``, ``hr_upper``, ``p`` (+ coef, se), ``loglik_final``;
-    ve: ``ve``, ``ve_lower``, ``ve_upper``, ``hr*``, ``p``, ``interaction_p``,
-    ``country/<C>/...`` and the Cox model under ``cox/``; km: ``median/<group>``;
-    logrank: ``statistic``, ``p``, ``df``; summary: ``n/<group>``.
-    """
-    kind = a.get("kind")
-    out: dict[str, float | None] = {}
-    if kind == "cox":
-        out.update(_cox_metrics(a))
-    elif kind == "ve":
-        for key, name in (("ve", "ve"), ("lower", "ve_lower"), ("upper", "ve_upper")):
-            out[name] = _finite(a.get(key))
-        for key in ("hr", "hr_lower", "hr_upper", "p", "interaction_p"):
-            out[key] = _finite(a.get(key))
-        for country, c in a.get("by_country", {}).items():
-            for key in ("hr", "hr_lower", "hr_upper", "ve", "lower", "upper", "n", "events"):
-                out[metric_name("country", country, key)] = _finite(c.get(key))
-        if a.get("cox"):
-            out.update(_cox_metrics(a["cox"], ("cox",)))
-    elif kind == "km":
-        for level, g in a.get("groups", {}).items():
-            out[metric_name("median", level)] = _finite(g.get("median"))
-    elif kind == "logrank":
-        for key in ("statistic", "p", "df"):
-            out[key] = _finite(a.get(key))
-    elif kind == "summary":
-        for level, g in a.get("groups", {}).items():
-            out[metric_name("n", level)] = _finite(g.get("n"))
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def history_points(a: Mapping[str, Any]) -> list[tuple[str, float, int]]:
-    """Per-round Cox convergence ``(key, value, step=round)``: ``loglik`` and ``step_norm``."""
-    cox = a if a.get("kind") == "cox" else a.get("cox") or {}
-    points = []
-    for h in cox.get("history") or []:
-        for key in ("loglik", "step_norm"):
-            value = _finite(h.get(key))
-            if value is not None:
-                points.append((key, value, int(h["round"])))
-    return points
-
-
 def log_batch(
     client: Any,
     run_id: str,
@@ -417,9 +328,9 @@ def log_batch(
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
-    ps = [Param(_key(k), _param_value(v)) for k, v in (params or {}).items()]
+    ps = [Param(mlflow_key(k), param_value(v)) for k, v in (params or {}).items()]
     ts = [RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()]
-    ms = [Metric(_key(k), v, now, step) for k, v, step in metrics]
+    ms = [Metric(mlflow_key(k), v, now, step) for k, v, step in metrics]
     for i in range(0, max(len(ps), len(ts)), 100):
         client.log_batch(run_id, params=ps[i : i + 100], tags=ts[i : i + 100])
     for i in range(0, len(ms), 1000):
@@ -454,25 +365,6 @@ def parent_tags(run: TrackedRun) -> dict[str, str]:
     return tags
 
 
-def _plan_params(plan_text: str) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        plan = tomllib.loads(plan_text)
-    except tomllib.TOMLDecodeError as exc:
-        return {"plan.parse_error": str(exc)}
-    params: dict[str, Any] = {}
-    for key, value in (plan.get("run") or {}).items():
-        params[metric_name("run", key)] = value
-    analyses = plan.get("analysis") or []
-    params["analyses"] = [a.get("name", "") for a in analyses]
-    for a in analyses:
-        for key, value in a.items():
-            if key != "name":
-                params[metric_name("analysis", a.get("name", "_"), key)] = value
-    return params
-
-
 def parent_params(run: TrackedRun) -> dict[str, Any]:
     """Params of the parent run: plan, sites, policies, versions, git commit, engine."""
     params: dict[str, Any] = {
@@ -482,25 +374,9 @@ def parent_params(run: TrackedRun) -> dict[str, Any]:
         "engine": run.engine,
         "git_commit": run.commit or "unknown",
     }
-    params.update(_plan_params(run.plan_text))
+    params.update(plan_params(run.plan_text))
     for name, version in run.versions.items():
         params[metric_name("version", name)] = version
-    return params
-
-
-def site_params(sites: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Params naming the sites that were asked, their countries, sizes and policies.
-
-    Logged when the run completes: only then does the coordinator know who answered.
-    """
-    params: dict[str, Any] = {
-        "sites": [s.get("id") for s in sites],
-        "countries": sorted({str(s.get("country")) for s in sites}),
-    }
-    for s in sites:
-        for key in ("name", "country", "n", "events", "policy", "contributed"):
-            if key in s:
-                params[metric_name("site", s.get("id"), key)] = s[key]
     return params
 
 
@@ -519,7 +395,7 @@ def log_results(
     contributed = [str(s["id"]) for s in results.get("sites", []) if s.get("contributed", True)]
     parent_metrics: list[tuple[str, float, int]] = []
     for key in ("rounds", "seconds"):
-        value = _finite(results.get(key))
+        value = finite_or_none(results.get(key))
         if value is not None:
             parent_metrics.append((key, value, 0))
     parent_metrics += [
@@ -552,85 +428,3 @@ def log_results(
     for paths in files.values():
         for path in paths:
             client.log_artifact(parent, str(path))
-
-
-# --- trialfed ui -----------------------------------------------------------------------------
-
-
-def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
-    """The ``mlflow server`` command line serving store ``uri`` (default: the configured one)."""
-    uri = uri or tracking_uri()
-    if uri.startswith(("http://", "https://", "databricks")):
-        raise UserError(f"MLFLOW_TRACKING_URI points at a server already: {uri}; open it there")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    root = artifact_root(uri)
-    if root:
-        cmd += ["--default-artifact-root", root, "--artifacts-destination", root]
-    return cmd + ["--host", host, "--port", str(port), "--workers", "1"]
-
-
-def start_ui(
-    host: str, port: int, tracking_uri: str | None = None, *, log: IO[bytes] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start the MLflow UI in a new process group (``os.killpg(proc.pid, ...)`` stops it all)."""
-    with socket.socket() as probe:
-        if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
-            raise UserError(f"port {port} on {host} is in use; choose another with --port")
-    return subprocess.Popen(
-        ui_command(host, port, tracking_uri),
-        stdout=log,
-        stderr=subprocess.STDOUT if log is not None else None,
-        start_new_session=True,
-    )
-
-
-def wait_until_ready(
-    url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Poll ``url``/health until it answers 200; TimeoutError after ``timeout`` seconds,
-    RuntimeError as soon as ``proc`` (when given) exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the MLflow UI exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the MLflow UI at {url} did not answer within {timeout:.0f} s")
-
-
-def stop_ui(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    """Stop the UI's process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.poll()
-
-
-def main_ui(args: Any) -> int:
-    """``trialfed ui``: serve the configured store until Ctrl-C."""
-    uri = tracking_uri()
-    url = f"http://{args.host}:{args.port}"
-    proc = start_ui(args.host, args.port, uri)
-    try:
-        wait_until_ready(url, timeout=180.0, proc=proc)
-        print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        print("trialfed: stopping the MLflow UI", file=sys.stderr)
-        return 0
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"trialfed: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        stop_ui(proc)

@@ -9,13 +9,9 @@ from typing import Any
 
 import pytest
 
-from experiments.tracking import (
-    artifact_root,
-    metric_name,
-    tracked_run,
-    tracking_uri,
-    ui_command,
-)
+from experiments.tracking import artifact_root, tracked_run, tracking_uri
+from experiments.tracking_records import metric_name
+from experiments.ui import ui_command
 from tests.results_fixture import (
     PLAN_TEXT,
     STUDY_ID,

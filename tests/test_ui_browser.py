@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.tracking import start_ui, stop_ui, tracked_run, wait_until_ready
+from experiments.tracking import tracked_run
+from experiments.ui import start_ui, stop_ui, wait_until_ready
 from tests.results_fixture import (
     PLAN_TEXT,
     STUDY_ID,

@@ -1,0 +1,99 @@
+"""``trialfed ui``: the MLflow UI on the store that ``trialfed run`` tracks to.
+
+It serves :func:`experiments.tracking.tracking_uri` with the same artifact root, on 127.0.0.1 by
+default, in its own process group so that stopping it stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import IO, Any
+
+from analysis.errors import UserError
+from experiments.tracking import artifact_root, tracking_uri
+
+
+def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
+    """The ``mlflow server`` command line serving store ``uri`` (default: the configured one)."""
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        raise UserError(f"MLFLOW_TRACKING_URI points at a server already: {uri}; open it there")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    root = artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root, "--artifacts-destination", root]
+    return cmd + ["--host", host, "--port", str(port), "--workers", "1"]
+
+
+def start_ui(
+    host: str, port: int, tracking_uri: str | None = None, *, log: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the MLflow UI in a new process group (``os.killpg(proc.pid, ...)`` stops it all)."""
+    with socket.socket() as probe:
+        if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+            raise UserError(f"port {port} on {host} is in use; choose another with --port")
+    return subprocess.Popen(
+        ui_command(host, port, tracking_uri),
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+        start_new_session=True,
+    )
+
+
+def wait_until_ready(
+    url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll ``url``/health until it answers 200; TimeoutError after ``timeout`` seconds,
+    RuntimeError as soon as ``proc`` (when given) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the MLflow UI exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the MLflow UI at {url} did not answer within {timeout:.0f} s")
+
+
+def stop_ui(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
+    """Stop the UI's process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.poll()
+
+
+def main_ui(args: Any) -> int:
+    """``trialfed ui``: serve the configured store until Ctrl-C."""
+    uri = tracking_uri()
+    url = f"http://{args.host}:{args.port}"
+    proc = start_ui(args.host, args.port, uri)
+    try:
+        wait_until_ready(url, timeout=180.0, proc=proc)
+        print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("trialfed: stopping the MLflow UI", file=sys.stderr)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"trialfed: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_ui(proc)
