@@ -29,6 +29,7 @@ def metric_name(*parts: Any) -> str:
 
 
 def mlflow_key(key: str) -> str:
+    """``key`` (parts joined by ``/``) made MLflow-valid part by part (:func:`metric_name`)."""
     return metric_name(*key.split("/"))
 
 
