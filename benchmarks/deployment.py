@@ -31,9 +31,9 @@ import psutil
 from benchmarks.data import write_sites
 from benchmarks.measure import ENV, ROOT, measure
 from benchmarks.plans import EFFICACY_PLAN, write_plan
-from experiments.deploy_pki import create_certificates, create_site_keys
-from experiments.deploy_procs import free_port, wait_for_port
-from experiments.deploy_run import Control
+from federation.deployment.control import Control
+from federation.deployment.pki import create_certificates, create_site_keys
+from federation.deployment.processes import free_port, wait_for_port
 
 SITES = 3
 START_TIMEOUT_S = 120.0

@@ -27,22 +27,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_site_check(args: argparse.Namespace) -> int:
-    from sites.check import main_check
+    from experiments.site_cli import main_check
 
     return main_check(args)
 
 
 def _cmd_site_audit(args: argparse.Namespace) -> int:
-    from sites.audit import verify
-    from sites.node import default_audit_log
+    from experiments.site_cli import main_audit
 
-    path = args.log or default_audit_log(args.bundle)
-    report = verify(path)
-    if not report.ok:
-        print(f"trialfed: audit log {path} FAILED verification: {report.problem}", file=sys.stderr)
-        return 1
-    print(f"audit log {path}: {report.entries} entries, hash chain intact")
-    return 0
+    return main_audit(args)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -2,9 +2,9 @@
 
 ``trialfed coordinator certs|start|enroll``, ``trialfed site keygen|start`` and
 ``trialfed run --coordinator HOST:PORT --ca CA`` end here. The pieces live in
-:mod:`experiments.deploy_pki` (certificates, keys), :mod:`experiments.deploy_procs` (process
-command lines, project-local ``FLWR_HOME``) and :mod:`experiments.deploy_run` (the Control API:
-enrolment, submitting a run, getting its outcome back). See docs/deployment.md.
+:mod:`federation.deployment.pki` (certificates, keys), :mod:`federation.deployment.processes`
+(process command lines, project-local ``FLWR_HOME``) and :mod:`federation.deployment.control`
+(the Control API: enrolment, submitting a run, getting its outcome back). See docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 from analysis.errors import UserError
-from experiments.deploy_pki import (
+from federation.deployment.control import Control, run_deployed
+from federation.deployment.pki import (
     check_public_key,
     check_site_key,
     create_certificates,
     create_site_keys,
     server_names,
 )
-from experiments.deploy_procs import (
+from federation.deployment.processes import (
     flower_env,
     free_port,
     run_foreground,
@@ -30,7 +31,6 @@ from experiments.deploy_procs import (
     supernode_command,
     trialfed_home,
 )
-from experiments.deploy_run import Control, run_deployed
 from federation.protocol import RunFailed
 from sites.cache import CACHE_ENV
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from analysis.base import json_safe
 from analysis.errors import UserError
+from analysis.plan import Plan
 from experiments.console import format_results
-from experiments.plan import Plan, load_plan
+from experiments.plan import load_plan
 from experiments.tracking import package_versions
 
 

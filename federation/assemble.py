@@ -10,7 +10,7 @@ import numpy as np
 from analysis import km, logrank, summary
 from analysis.cox_result import pseudo_inverse
 from analysis.distributions import normal_quantile
-from experiments.plan import AnalysisSpec, Plan
+from analysis.plan import AnalysisSpec, Plan
 from federation.models import CoxModel, merge_tables
 
 

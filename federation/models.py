@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from analysis import cox, km
-from experiments.plan import AnalysisSpec, Plan, RunSettings
+from analysis.plan import AnalysisSpec, Plan, RunSettings
 
 COUNTRY = "COUNTRY"
 

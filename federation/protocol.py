@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from analysis.errors import UserError
-from experiments.plan import Plan
+from analysis.plan import Plan
 from federation import assemble
 from federation.models import CoxModel, plan_models
 

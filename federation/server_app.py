@@ -13,7 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from experiments.plan import Plan, parse_plan
+from analysis.plan import Plan, parse_plan
 from federation.protocol import run_plan
 from federation.runlog import emit_failure, emit_outcome, emit_progress
 from federation.transport import GridTransport

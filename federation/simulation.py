@@ -32,7 +32,7 @@ from analysis.errors import UserError
 from federation import workers
 
 if TYPE_CHECKING:  # imported where used: the site workers start before the coordinator's imports
-    from experiments.plan import Plan
+    from analysis.plan import Plan
     from federation.protocol import Outcome, Progress
 
 for _key, _value in {

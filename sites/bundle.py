@@ -27,7 +27,7 @@ from analysis.data import SurvivalData, read_only
 from analysis.errors import UserError
 from sites import check
 from sites.csv_typed import read_csv_typed
-from sites.normalise import normalise, text
+from sites.normalise import normalise, text, to_numbers
 
 FORMATS = {".xpt": "xpt", ".csv": "csv", ".parquet": "parquet"}
 """Supported file suffixes and their format names."""
@@ -170,7 +170,7 @@ def load_bundle(path: str | Path) -> SiteBundle:
     (adsl_file, adsl), (adtte_file, adtte) = tables["adsl"], tables["adtte"]
     for frame, columns in ((adsl, ["AGE"]), (adtte, ["AVAL", "CNSR"])):
         for column in columns:
-            frame[column] = check.to_numbers(frame[column])[0]
+            frame[column] = to_numbers(frame[column])[0]
     warnings = check.site_warnings(adsl, adtte, adsl_file.name, adtte_file.name)
     return SiteBundle(
         site_id=site["id"],

@@ -1,4 +1,4 @@
-"""Validation rules for site bundles and the ``trialfed site check`` command.
+"""Validation rules for site bundles (``trialfed site check`` prints what they find).
 
 The rule functions take parsed tables and return lists of problems (plain strings that name the
 file, the column, the 1-based data row(s) and the offending value). :func:`sites.bundle.load_bundle`
@@ -22,28 +22,22 @@ subjects without ADTTE rows, a PARAMCD without events.
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
 from analysis.errors import UserError
-
-if TYPE_CHECKING:
-    from sites.bundle import SiteBundle
+from sites.normalise import parse_numbers, to_numbers
 
 ADSL_REQUIRED = ("STUDYID", "USUBJID", "SITEID", "TRT01P", "AGE", "SEX")
 """Columns every ADSL file must have."""
 ADTTE_REQUIRED = ("USUBJID", "PARAMCD", "PARAM", "AVAL", "CNSR")
 """Columns every ADTTE file must have."""
-MISSING_TOKENS = frozenset({"", "NA", "NaN", "nan", "."})
-"""Text cells read as a missing number (SAS writes missing numerics as ``.``)."""
 MIN_ARM_SIZE = 5
 """Arms with fewer subjects at a site get a warning."""
 MAX_PROBLEMS = 20
@@ -53,48 +47,6 @@ MAX_LINES_PER_RULE = 5
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CNSR_ALLOWED = "(allowed: 0 = event, 1 = censored)"
-WHITESPACE = (
-    "\u0009\u000a\u000b\u000c\u000d"
-    "\u001c\u001d\u001e\u001f \u0085\u00a0\u1680"
-    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000"
-)
-"""What ``str.strip()`` removes (every ``c`` with ``c.isspace()``), for Arrow's ``utf8_trim``."""
-
-
-def to_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Parse a column as float64 (see :func:`parse_numbers`), keeping its index."""
-    numbers, bad = parse_numbers(values)
-    return pd.Series(numbers, index=values.index), pd.Series(bad, index=values.index)
-
-
-def parse_numbers(
-    values: pd.Series | NDArray[Any],
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Parse cells as float64.
-
-    Returns
-    -------
-    numbers : ndarray of float64
-        Parsed values; NaN where missing (:data:`MISSING_TOKENS`) or not a number.
-    bad : ndarray of bool
-        True where a cell is present but is not a number.
-    """
-    if values.dtype.kind in "biuf":
-        if isinstance(values, pd.Series):
-            return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(values), bool)
-        return values.astype(np.float64), np.zeros(len(values), dtype=bool)
-    numbers = np.full(len(values), np.nan)
-    bad = np.zeros(len(values), dtype=bool)
-    for i, cell in enumerate(values):
-        text = "" if cell is None else str(cell).strip()
-        if text in MISSING_TOKENS:
-            continue
-        try:
-            numbers[i] = float(text) if "_" not in text else float("invalid")
-        except ValueError:
-            bad[i] = True
-    return numbers, bad
 
 
 def check_site_table(document: dict[str, Any], file: str = "site.toml") -> list[str]:
@@ -257,47 +209,6 @@ def raise_problems(folder: Path, problems: Sequence[str]) -> NoReturn:
     if len(problems) > MAX_PROBLEMS:
         lines.append(f"  - ... and {len(problems) - MAX_PROBLEMS} more")
     raise UserError("\n".join(lines))
-
-
-def format_report(bundle: SiteBundle) -> str:
-    """The short ``site check`` report: site, subjects, arms, events per parameter."""
-    files = ", ".join(bundle.files[k].name for k in ("adsl", "adtte") if k in bundle.files)
-    lines = [
-        f"site {bundle.site_id}: {bundle.name} ({bundle.country})",
-        f"bundle: {bundle.path} ({files})",
-        f"subjects: {len(bundle.adsl)}",
-        "arms (TRT01P):",
-    ]
-    arms = bundle.adsl["TRT01P"].value_counts(sort=False).sort_index()
-    width = max(len(str(arm)) for arm in arms.index)
-    lines += [f"  {arm:<{width}}  {count:>5}" for arm, count in arms.items()]
-    lines.append("parameters (ADTTE):")
-    for paramcd in bundle.params():
-        rows = bundle.adtte[bundle.adtte["PARAMCD"] == paramcd]
-        events = int((rows["CNSR"] == 0).sum())
-        lines.append(
-            f"  {paramcd}: {events} events, {len(rows) - events} censored, follow-up "
-            f"{rows['AVAL'].min():g} to {rows['AVAL'].max():g} ({rows['PARAM'].iloc[0]})"
-        )
-    status = f"{len(bundle.warnings)} warning(s)" if bundle.warnings else "no warnings"
-    lines.append(f"valid: yes, {status}")
-    return "\n".join(lines)
-
-
-def main_check(args: argparse.Namespace) -> int:
-    """``trialfed site check BUNDLE [--quiet]``: validate and report; 0 when valid.
-
-    The report goes to stdout (not with ``--quiet``), warnings to stderr; an invalid bundle
-    raises UserError, which the CLI turns into exit status 2.
-    """
-    from sites.bundle import load_bundle
-
-    bundle = load_bundle(args.bundle)
-    if not getattr(args, "quiet", False):
-        print(format_report(bundle))
-    for warning in bundle.warnings:
-        print(f"trialfed: warning: {warning}", file=sys.stderr)
-    return 0
 
 
 def _missing_columns(frame: pd.DataFrame, file: str, required: Sequence[str]) -> list[str]:

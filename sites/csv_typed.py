@@ -11,7 +11,7 @@ strings (so no type is guessed by the reader), and normalises column by column:
   every cell is stripped as it comes, with no hashing;
 - any other column: when every byte is in :data:`PLAIN_ALPHABET` and Arrow casts the column
   to float64, that cast is the column (no regular expression per cell). Else, when every cell is
-  a missing token (:data:`sites.check.MISSING_TOKENS`) or matches :data:`NUMBER`, a strict
+  a missing token (:data:`sites.normalise.MISSING_TOKENS`) or matches :data:`NUMBER`, a strict
   subset of what ``float()`` accepts (no whitespace, no ``_``, ASCII digits), Arrow casts it to
   float64, which equals ``float()`` bit for bit (``tests/test_csv_typed.py``); otherwise that
   column goes through the text rules as before.
@@ -35,8 +35,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
-from sites.check import MISSING_TOKENS, WHITESPACE
-from sites.normalise import exact_zeros, is_character, numbers_or_text, text
+from sites.normalise import (
+    MISSING_TOKENS,
+    WHITESPACE,
+    exact_zeros,
+    is_character,
+    numbers_or_text,
+    text,
+)
 
 PLAIN_ALPHABET = "0123456789.eE+-"
 """Over these characters Arrow's float64 cast accepts exactly the strings ``float()`` accepts,

@@ -23,8 +23,6 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from sites import check
-
 # fmt: off
 CHARACTER_COLUMNS = frozenset({
     "STUDYID", "USUBJID", "SUBJID", "SITEID", "TRT01P", "TRT01A", "TRTP", "TRTA", "ARM", "ARMCD",
@@ -33,6 +31,16 @@ CHARACTER_COLUMNS = frozenset({
 })
 # fmt: on
 """ADaM variables that are always text, whatever the file format stored."""
+
+MISSING_TOKENS = frozenset({"", "NA", "NaN", "nan", "."})
+"""Text cells read as a missing number (SAS writes missing numerics as ``.``)."""
+WHITESPACE = (
+    "\u0009\u000a\u000b\u000c\u000d"
+    "\u001c\u001d\u001e\u001f \u0085\u00a0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+"""What ``str.strip()`` removes (every ``c`` with ``c.isspace()``), for Arrow's ``utf8_trim``."""
 
 _CHARACTER_PATTERN = re.compile(r"(ID|FL|DTC|GR\d+)$")
 ZERO_ATOL = 1e-70
@@ -105,7 +113,7 @@ def _numbers_from_cells(cells: NDArray[np.object_]) -> NDArray[np.float64] | Non
 def parse_text_numbers(
     strings: NDArray[np.object_],
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """:func:`sites.check.parse_numbers` of stripped text cells, vectorised when it can be.
+    """:func:`sites.parse_numbers` of stripped text cells, vectorised when it can be.
 
     Casting an object array of ``str`` to float64 calls ``float()`` on every cell, as
     ``parse_numbers`` does; it fails on the first cell that is not a number (missing tokens
@@ -116,9 +124,9 @@ def parse_text_numbers(
     try:
         numbers = strings.astype(np.float64)
     except (ValueError, TypeError, OverflowError):
-        return check.parse_numbers(strings)
+        return parse_numbers(strings)
     if "_" in "".join(strings.tolist()):
-        return check.parse_numbers(strings)
+        return parse_numbers(strings)
     return numbers, np.zeros(len(strings), dtype=bool)
 
 
@@ -150,3 +158,38 @@ def text(value: Any) -> str:
         if float(value).is_integer():
             return str(int(value))
     return str(value).strip()
+
+
+def to_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse a column as float64 (see :func:`parse_numbers`), keeping its index."""
+    numbers, bad = parse_numbers(values)
+    return pd.Series(numbers, index=values.index), pd.Series(bad, index=values.index)
+
+
+def parse_numbers(
+    values: pd.Series | NDArray[Any],
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Parse cells as float64.
+
+    Returns
+    -------
+    numbers : ndarray of float64
+        Parsed values; NaN where missing (:data:`MISSING_TOKENS`) or not a number.
+    bad : ndarray of bool
+        True where a cell is present but is not a number.
+    """
+    if values.dtype.kind in "biuf":
+        if isinstance(values, pd.Series):
+            return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(values), bool)
+        return values.astype(np.float64), np.zeros(len(values), dtype=bool)
+    numbers = np.full(len(values), np.nan)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, cell in enumerate(values):
+        text = "" if cell is None else str(cell).strip()
+        if text in MISSING_TOKENS:
+            continue
+        try:
+            numbers[i] = float(text) if "_" not in text else float("invalid")
+        except ValueError:
+            bad[i] = True
+    return numbers, bad

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.plan import parse_plan
 from experiments.cli import main
-from experiments.plan import parse_plan
 from federation.inprocess import InProcessTransport
 from federation.protocol import run_plan
 from sites.audit import payload_digest, verify

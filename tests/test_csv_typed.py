@@ -19,9 +19,8 @@ import pyarrow as pa
 import pytest
 
 from sites.bundle import _read_csv, read_table
-from sites.check import WHITESPACE
 from sites.csv_typed import PLAIN_ALPHABET, _blocks, _plain_numbers, read_csv_typed
-from sites.normalise import exact_zeros, normalise
+from sites.normalise import WHITESPACE, exact_zeros, normalise
 
 TRICKY_NUMBER_CELLS = [
     "1.5", " 1.5 ", "\t2\n", "\u30001\u3000", "+3", "-0", "-0.0", "0", ".5", "5.", "1e5", "1E-5",

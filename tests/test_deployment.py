@@ -31,11 +31,11 @@ import numpy as np
 import pytest
 
 from analysis.errors import UserError
-from experiments import deploy_procs
-from experiments.deploy_pki import create_certificates, create_site_keys, server_names
-from experiments.deploy_procs import QUIET_ENV, free_port, parse_address
-from experiments.deploy_run import Control, run_deployed
 from experiments.plan import load_plan
+from federation.deployment import processes as deploy_procs
+from federation.deployment.control import Control, run_deployed
+from federation.deployment.pki import create_certificates, create_site_keys, server_names
+from federation.deployment.processes import QUIET_ENV, free_port, parse_address
 from federation.protocol import Outcome, RunFailed
 from federation.runlog import decode_log, encode_outcome
 

@@ -18,8 +18,8 @@ from lifelines.statistics import multivariate_logrank_test
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import survdiff
 
+from analysis.plan import parse_plan
 from experiments.launch import build_results
-from experiments.plan import parse_plan
 from federation.inprocess import InProcessTransport
 from federation.protocol import run_plan
 from tests import datasets

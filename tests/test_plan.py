@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from analysis.errors import UserError
-from experiments.plan import load_plan, parse_plan
+from analysis.plan import parse_plan
+from experiments.plan import load_plan
 
 PLANS = Path(__file__).resolve().parents[1] / "experiments" / "plans"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.plan import parse_plan
 from experiments.launch import build_results
-from experiments.plan import parse_plan
 from federation.inprocess import InProcessTransport
 from federation.protocol import run_plan
 from tests.cdisc import split_cdisc_pilot

@@ -32,8 +32,8 @@ from typing import Any
 import tomli_w
 
 from analysis.errors import UserError
-from experiments.deploy_procs import executable, flower_env, parse_address
-from experiments.plan import Plan
+from analysis.plan import Plan
+from federation.deployment.processes import executable, flower_env, parse_address
 from federation.protocol import Outcome, Progress, RunFailed
 from federation.runlog import decode_log, progress_line
 
@@ -46,7 +46,7 @@ RECONNECT_PAUSE_S = 3.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-APP_PACKAGES = ("analysis", "sites", "federation", "models", "experiments")
+APP_PACKAGES = ("analysis", "sites", "federation", "models")  # what a site runs; never experiments
 APP_FILES = ("pyproject.toml", "README.md", "LICENSE")
 
 
@@ -57,7 +57,7 @@ def app_dir(stage: Path) -> Path:
     everything else in it (16 s on the reference machine) and would ship stray files, so only the
     Python packages and ``pyproject.toml`` (which has ``[tool.flwr.app]``) are copied.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
         raise UserError(

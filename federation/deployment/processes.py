@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from analysis.errors import UserError
-from experiments.deploy_pki import CertFiles
+from federation.deployment.pki import CertFiles
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",

@@ -1,0 +1,60 @@
+"""``trialfed site check|audit``: what a hospital's IT team runs against its own bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sites.audit import verify
+from sites.bundle import SiteBundle, load_bundle
+from sites.node import default_audit_log
+
+
+def format_report(bundle: SiteBundle) -> str:
+    """The short ``site check`` report: site, subjects, arms, events per parameter."""
+    files = ", ".join(bundle.files[k].name for k in ("adsl", "adtte") if k in bundle.files)
+    lines = [
+        f"site {bundle.site_id}: {bundle.name} ({bundle.country})",
+        f"bundle: {bundle.path} ({files})",
+        f"subjects: {len(bundle.adsl)}",
+        "arms (TRT01P):",
+    ]
+    arms = bundle.adsl["TRT01P"].value_counts(sort=False).sort_index()
+    width = max(len(str(arm)) for arm in arms.index)
+    lines += [f"  {arm:<{width}}  {count:>5}" for arm, count in arms.items()]
+    lines.append("parameters (ADTTE):")
+    for paramcd in bundle.params():
+        rows = bundle.adtte[bundle.adtte["PARAMCD"] == paramcd]
+        events = int((rows["CNSR"] == 0).sum())
+        lines.append(
+            f"  {paramcd}: {events} events, {len(rows) - events} censored, follow-up "
+            f"{rows['AVAL'].min():g} to {rows['AVAL'].max():g} ({rows['PARAM'].iloc[0]})"
+        )
+    status = f"{len(bundle.warnings)} warning(s)" if bundle.warnings else "no warnings"
+    lines.append(f"valid: yes, {status}")
+    return "\n".join(lines)
+
+
+def main_check(args: argparse.Namespace) -> int:
+    """``trialfed site check BUNDLE [--quiet]``: validate and report; 0 when valid.
+
+    The report goes to stdout (not with ``--quiet``), warnings to stderr; an invalid bundle
+    raises UserError, which the CLI turns into exit status 2.
+    """
+    bundle = load_bundle(args.bundle)
+    if not getattr(args, "quiet", False):
+        print(format_report(bundle))
+    for warning in bundle.warnings:
+        print(f"trialfed: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def main_audit(args: argparse.Namespace) -> int:
+    """``trialfed site audit BUNDLE [--log FILE]``: verify the hash chain; 1 when broken."""
+    path = args.log or default_audit_log(args.bundle)
+    report = verify(path)
+    if not report.ok:
+        print(f"trialfed: audit log {path} FAILED verification: {report.problem}", file=sys.stderr)
+        return 1
+    print(f"audit log {path}: {report.entries} entries, hash chain intact")
+    return 0
