@@ -1,73 +1,37 @@
-"""Analysis plans: TOML in, a validated immutable :class:`Plan` out.
+"""Analysis plans: TOML (or the same tables built in Python) in, a validated immutable
+:class:`Plan` out.
 
 Every mistake is reported before anything is sent to a site, naming the analysis, the key, the
-allowed values and the value received.
+allowed values and the value received. The keys of each ``[[analysis]]`` table are declared by
+its kind (:mod:`analysis.kinds`). Sites parse the plan with this same code and approve it by its
+:attr:`Plan.sha256`, a hash of the validated content (every key, defaults included), so a plan
+written as TOML and the same plan built in code have one hash, and comments or key order do not
+change it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import re
+import json
 import tomllib
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import tomli_w
+
 from analysis.errors import UserError
+from analysis.kinds import REGISTRY
+from analysis.kinds.base import INVALID, NAME_PATTERN, AnalysisSpec, number_key, one_of
 
-KINDS = ("summary", "km", "logrank", "cox", "ve")
-TIES = ("efron", "breslow")
-_COMMON = {"name", "kind", "alpha"}
-ALLOWED_KEYS: dict[str, set[str]] = {
-    "summary": _COMMON | {"by", "param"},
-    "km": _COMMON | {"param", "by", "times"},
-    "logrank": _COMMON | {"param", "by", "strata"},
-    "cox": _COMMON | {"param", "covariates", "reference", "strata", "ties", "interactions"},
-    "ve": _COMMON
-    | {"param", "arm", "reference", "treatment", "covariates", "strata", "ties", "by_country"},
+KINDS = tuple(REGISTRY)
+STUDY_KEYS = ("id", "title", "description", "sites")
+RUN_KEYS = {
+    "min_sites": number_key(0, 10_000, "sites that must answer (0 = all)", integer=True),
+    "round_timeout": number_key(0, 86_400.000001, "seconds a round waits for the sites"),
+    "max_rounds": number_key(1, 1000, "protocol rounds at most", integer=True),
+    "tolerance": number_key(0, 1, "Cox Newton steps stop below this max |delta beta|"),
 }
-REQUIRED_KEYS: dict[str, set[str]] = {
-    "summary": set(),
-    "km": {"param"},
-    "logrank": {"param", "by"},
-    "cox": {"param", "covariates"},
-    "ve": {"param", "reference"},
-}
-RUN_KEYS = {"min_sites", "round_timeout", "max_rounds", "tolerance"}
-
-
-def one_of(values: tuple[str, ...] | set[str]) -> str:
-    """Allowed values as a stable, readable set: {'a', 'b'}."""
-    return "{" + ", ".join(repr(v) for v in sorted(values)) + "}"
-
-
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    """One ``[[analysis]]`` table, validated; unused keys keep their defaults."""
-
-    name: str
-    kind: str
-    param: str = ""
-    by: str = ""
-    times: tuple[float, ...] = ()
-    strata: tuple[str, ...] = ()
-    covariates: tuple[str, ...] = ()
-    reference: tuple[tuple[str, str], ...] = ()
-    interactions: tuple[tuple[str, str], ...] = ()
-    ties: str = "efron"
-    alpha: float = 0.05
-    arm: str = "TRT01P"
-    treatment: str = ""
-    by_country: bool = True
-
-    @property
-    def reference_map(self) -> dict[str, str]:
-        """The reference levels as a dict."""
-        return dict(self.reference)
 
 
 @dataclass(frozen=True)
@@ -82,23 +46,65 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated analysis plan."""
+    """A validated analysis plan.
+
+    Attributes
+    ----------
+    study_id, title, description : str
+    sites : tuple of str
+        Site ids the plan expects (empty: every site the coordinator enrolled).
+    analyses : tuple of AnalysisSpec
+        One spec per ``[[analysis]]`` table, of its kind's spec class.
+    run : RunSettings
+    text : str
+        The plan as written (provenance); :meth:`to_toml` is the canonical form.
+    source : str
+        Where it came from (a file name, ``"<code>"``), for messages.
+    """
 
     study_id: str
     title: str
     analyses: tuple[AnalysisSpec, ...]
     run: RunSettings = field(default_factory=RunSettings)
+    description: str = ""
+    sites: tuple[str, ...] = ()
     text: str = ""
     source: str = "<plan>"
 
+    def canonical(self) -> dict[str, Any]:
+        """The validated content as TOML tables (``[run]`` in full, analysis keys at their
+        default left out)."""
+        study: dict[str, Any] = {"id": self.study_id, "title": self.title}
+        if self.description:
+            study["description"] = self.description
+        if self.sites:
+            study["sites"] = list(self.sites)
+        return {
+            "study": study,
+            "run": asdict(self.run),
+            "analysis": [REGISTRY[a.kind].dump(a) for a in self.analyses],
+        }
+
     @property
     def sha256(self) -> str:
-        """Hash of the plan text as written, for provenance."""
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+        """Hash of :meth:`canonical` (what a site approves)."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def to_toml(self) -> str:
+        """The canonical TOML text (parses back to an equal plan with the same hash)."""
+        return tomli_w.dumps(self.canonical())
+
+    def analysis(self, name: str) -> AnalysisSpec:
+        """The analysis called ``name``."""
+        for spec in self.analyses:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the validated plan."""
-        return asdict(self)
+        return {**self.canonical(), "sha256": self.sha256}
 
 
 def parse_plan(text: str, source: str = "<plan>") -> Plan:
@@ -107,24 +113,18 @@ def parse_plan(text: str, source: str = "<plan>") -> Plan:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML: {exc}") from None
+    return plan_from_tables(raw, source=source, text=text)
+
+
+def plan_from_tables(raw: Mapping[str, Any], source: str = "<code>", text: str = "") -> Plan:
+    """Validate a plan given as TOML tables (a dict); the plan text defaults to its TOML."""
     problems: list[str] = []
     unknown = set(raw) - {"study", "analysis", "run"}
     if unknown:
         problems.append(
             f"unknown top-level table(s) {sorted(unknown)}; allowed: study, run, analysis"
         )
-    study = raw.get("study")
-    study_id, title = "", ""
-    if not isinstance(study, dict) or not isinstance(study.get("id"), str) or not study["id"]:
-        problems.append("[study] id is required (a non-empty string)")
-    else:
-        study_id = study["id"]
-        title = str(study.get("title", ""))
-        extra = set(study) - {"id", "title", "description"}
-        if extra:
-            problems.append(
-                f"[study]: unknown key(s) {sorted(extra)}; allowed: id, title, description"
-            )
+    study = _parse_study(raw.get("study"), problems)
     run = _parse_run(raw.get("run", {}), problems)
     tables = raw.get("analysis", [])
     if not isinstance(tables, list) or not tables:
@@ -144,37 +144,51 @@ def parse_plan(text: str, source: str = "<plan>") -> Plan:
         analyses.append(spec)
     if problems:
         raise UserError(f"{source}: invalid analysis plan:\n  - " + "\n  - ".join(problems))
-    return Plan(study_id, title, tuple(analyses), run, text=text, source=source)
+    plan = Plan(analyses=tuple(analyses), run=run, source=source, **study)
+    return plan if text else Plan(**{**plan.__dict__, "text": plan.to_toml()})
+
+
+def _parse_study(study: Any, problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"study_id": "", "title": ""}
+    if not isinstance(study, dict) or not isinstance(study.get("id"), str) or not study["id"]:
+        problems.append("[study] id is required (a non-empty string)")
+        return out
+    extra = set(study) - set(STUDY_KEYS)
+    if extra:
+        problems.append(f"[study]: unknown key(s) {sorted(extra)}; allowed: {list(STUDY_KEYS)}")
+    out["study_id"] = study["id"]
+    for key in ("title", "description"):
+        value = study.get(key, "")
+        if not isinstance(value, str):
+            problems.append(f"[study] {key} must be a string; got {value!r}")
+        else:
+            out[key] = value
+    sites = study.get("sites", [])
+    if (
+        not isinstance(sites, list)
+        or not all(isinstance(s, str) and s for s in sites)
+        or len(set(sites)) != len(sites)
+    ):
+        problems.append(f"[study] sites must be a list of distinct site ids; got {sites!r}")
+    else:
+        out["sites"] = tuple(sites)
+    return out
 
 
 def _parse_run(table: Any, problems: list[str]) -> RunSettings:
     if not isinstance(table, dict):
         problems.append("[run] must be a table")
         return RunSettings()
-    unknown = set(table) - RUN_KEYS
+    unknown = set(table) - set(RUN_KEYS)
     if unknown:
         problems.append(f"[run]: unknown key(s) {sorted(unknown)}; allowed: {sorted(RUN_KEYS)}")
-    settings = RunSettings()
-    values: dict[str, Any] = {}
-    checks: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool], str]] = {
-        "min_sites": (int, lambda v: v >= 0, "an integer >= 0"),
-        "round_timeout": (
-            (int, float),
-            lambda v: 0 < v <= 86400,
-            "a number of seconds in (0, 86400]",
-        ),
-        "max_rounds": (int, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
-        "tolerance": ((int, float), lambda v: 0 < v < 1, "a number in (0, 1)"),
-    }
-    for key, (types, ok, allowed) in checks.items():
-        if key not in table:
-            continue
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, types) or not ok(value):
-            problems.append(f"[run] {key} must be {allowed}; got {value!r}")
-        else:
-            values[key] = value
-    return RunSettings(**{**asdict(settings), **values})
+    values = {}
+    for key, rule in RUN_KEYS.items():
+        if key in table:
+            value = rule.parse(table[key], "[run]", key, problems)
+            if value is not INVALID:
+                values[key] = value
+    return RunSettings(**values)
 
 
 def _parse_analysis(table: Any, index: int, problems: list[str]) -> AnalysisSpec | None:
@@ -183,114 +197,39 @@ def _parse_analysis(table: Any, index: int, problems: list[str]) -> AnalysisSpec
         problems.append(f"{where}: must be a table")
         return None
     name = table.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         problems.append(
             f"{where}: name must be a string of letters, digits, '_' or '-' starting with a "
             f"letter; got {name!r}"
         )
         return None
     where = f"analysis {name!r}"
-    kind = table.get("kind")
-    if kind not in KINDS:
-        problems.append(f"{where}: kind must be one of {one_of(KINDS)}; got {kind!r}")
+    kind_name = table.get("kind")
+    kind = REGISTRY.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        problems.append(f"{where}: kind must be one of {one_of(KINDS)}; got {kind_name!r}")
         return None
     before = len(problems)
-    unknown = set(table) - ALLOWED_KEYS[kind]
+    allowed = {"name", "kind", *kind.keys}
+    unknown = set(table) - allowed
     if unknown:
         problems.append(
-            f"{where}: unknown key(s) {sorted(unknown)} for kind {kind!r}; "
-            f"allowed: {sorted(ALLOWED_KEYS[kind])}"
+            f"{where}: unknown key(s) {sorted(unknown)} for kind {kind.name!r}; "
+            f"allowed: {sorted(allowed)}"
         )
-    missing = REQUIRED_KEYS[kind] - set(table)
+    missing = {k for k, rule in kind.keys.items() if rule.required} - set(table)
     if missing:
-        problems.append(f"{where}: missing required key(s) {sorted(missing)} for kind {kind!r}")
-    values: dict[str, Any] = {"name": name, "kind": kind}
-    for key in ("param", "by", "arm", "treatment"):
+        problems.append(
+            f"{where}: missing required key(s) {sorted(missing)} for kind {kind.name!r}"
+        )
+    values: dict[str, Any] = {"name": name}
+    for key, rule in kind.keys.items():
         if key in table:
-            values[key] = _string(table[key], where, key, problems)
-    for key in ("strata", "covariates"):
-        if key in table:
-            values[key] = _strings(table[key], where, key, problems, allow_empty=key == "strata")
-    if "times" in table:
-        times = table["times"]
-        if not isinstance(times, list) or not all(
-            isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
-            for t in times
-        ):
-            problems.append(f"{where}: times must be a list of numbers >= 0; got {times!r}")
-        else:
-            values["times"] = tuple(float(t) for t in sorted(set(times)))
-    if "reference" in table:
-        ref = table["reference"]
-        if not isinstance(ref, dict) or not all(
-            isinstance(k, str) and isinstance(v, str | int | float) for k, v in ref.items()
-        ):
-            problems.append(f'{where}: reference must be a table VARIABLE = "level"; got {ref!r}')
-        else:
-            values["reference"] = tuple(sorted((k, _level(v)) for k, v in ref.items()))
-    if "interactions" in table:
-        pairs = []
-        for item in table["interactions"] if isinstance(table["interactions"], list) else [None]:
-            if not isinstance(item, str) or item.count(":") != 1 or "" in item.split(":"):
-                problems.append(f'{where}: interactions must be strings "A:B"; got {item!r}')
-                continue
-            a, b = item.split(":")
-            pairs.append((a, b))
-        values["interactions"] = tuple(pairs)
-    if "ties" in table:
-        if table["ties"] not in TIES:
-            problems.append(f"{where}: ties must be one of {one_of(TIES)}; got {table['ties']!r}")
-        else:
-            values["ties"] = table["ties"]
-    if "alpha" in table:
-        alpha = table["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 0.5:
-            problems.append(f"{where}: alpha must be a number in (0, 0.5); got {alpha!r}")
-        else:
-            values["alpha"] = float(alpha)
-    if "by_country" in table:
-        if not isinstance(table["by_country"], bool):
-            problems.append(
-                f"{where}: by_country must be true or false; got {table['by_country']!r}"
-            )
-        else:
-            values["by_country"] = table["by_country"]
-    if kind == "ve" and "reference" in values:
-        arm = values.get("arm", "TRT01P")
-        if arm not in dict(values["reference"]):
-            problems.append(
-                f"{where}: reference must name the reference level of the arm variable {arm!r}, "
-                f'e.g. reference = {{ {arm} = "Placebo" }}; got {table["reference"]!r}'
-            )
+            value = rule.parse(table[key], where, key, problems)
+            if value is not INVALID:
+                values[key] = value
+    if len(problems) == before:
+        kind.check(values, where, problems)
     if len(problems) > before:
         return None
-    return AnalysisSpec(**values)
-
-
-def _level(value: str | int | float) -> str:
-    """Reference levels compare as strings, as the sites encode categorical values."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _string(value: Any, where: str, key: str, problems: list[str]) -> str:
-    if not isinstance(value, str) or not value:
-        problems.append(f"{where}: {key} must be a non-empty string; got {value!r}")
-        return ""
-    return value
-
-
-def _strings(
-    value: Any, where: str, key: str, problems: list[str], allow_empty: bool
-) -> tuple[str, ...]:
-    if (
-        not isinstance(value, list)
-        or not all(isinstance(v, str) and v for v in value)
-        or (not value and not allow_empty)
-        or len(set(value)) != len(value)
-    ):
-        need = "a list of distinct variable names" + ("" if allow_empty else " (at least one)")
-        problems.append(f"{where}: {key} must be {need}; got {value!r}")
-        return ()
-    return tuple(value)
+    return kind.spec(**values)

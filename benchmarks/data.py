@@ -137,7 +137,9 @@ def write_sites(
             old.unlink()
         (folder / "site.toml").write_text(
             f'[site]\nid = "{site}"\nname = "Benchmark site {site}"\n'
-            f'country = "{_country(i)}"\n\n[policy]\n',
+            f'country = "{_country(i)}"\n\n[policy]\n'
+            # exact answers (compared with pooled lifelines): the disclosure rules off
+            "min_cell_count = 0\npublish_site_estimates = true\n",
             encoding="utf-8",
         )
         adsl, adtte = site_frames(site, int(sizes[i]), rng, float(effects[i]))

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--sites", type=int, default=6, help="number of sites, half JP half KR")
     synth.add_argument("--seed", type=int, default=20261128)
     synth.add_argument("--format", choices=["xpt", "csv", "parquet"], default="xpt")
+    synth.add_argument(
+        "--min-cell-count",
+        type=int,
+        default=5,
+        help="the sites' policy min_cell_count (default 5; 0 = exact answers, no disclosure rules)",
+    )
     synth.set_defaults(handler=_cmd_synth)
 
     site = sub.add_parser("site", help="commands run at a hospital site")
@@ -82,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit = site_sub.add_parser("audit", help="verify the hash chain of the site's audit log")
     audit.add_argument("bundle", type=Path, help="site bundle folder")
     audit.add_argument("--log", type=Path, default=None, help="audit log (default in bundle)")
+    audit.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="a run's results.json: the log must still hold the entry that run recorded",
+    )
     audit.set_defaults(handler=_cmd_site_audit)
     keygen = site_sub.add_parser("keygen", help="create this site's authentication key pair")
     keygen.add_argument("--out", type=Path, required=True)

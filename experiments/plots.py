@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from experiments.presentation import presentations
+
 COLORS = ["#1f4e9c", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#566573"]
 _STYLE = {"font.size": 9.0, "axes.titlesize": 10.0, "axes.labelsize": 9.0, "svg.hashsalt": "tf"}
 
@@ -195,36 +197,29 @@ MAX_FOREST_SITES = 40
 
 
 def _forest_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """(label, values or None for a heading, right-hand text) from every forest figure."""
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
-    for name, a in results.get("analyses", {}).items():
-        if a.get("kind") == "ve":
-            note = ""
-            if a.get("interaction_p") is not None:
-                note = f"  (interaction {p_text(a['interaction_p'])})"
-            rows.append((f"{name}: {a.get('treatment')} vs {a.get('reference')}{note}", None, ""))
-            rows.append(("  Overall", a, p_text(a.get("p"))))
-            for country, c in a.get("by_country", {}).items():
-                rows.append((f"  {country}", c, f"n = {c.get('n')}, events = {c.get('events')}"))
-            by_site = a.get("by_site", {})
-            if len(by_site) > MAX_FOREST_SITES:  # a row per site would be unreadable
-                rows.append(
-                    (f"  {len(by_site)} sites: per-site estimates in report.html", None, "")
-                )
+    for shown in presentations(results).values():
+        for figure in shown.figures:
+            if figure.type != "forest":
                 continue
-            for site, c in by_site.items():
-                label = f"    site {site} ({c.get('country')})"
-                rows.append((label, c, f"n = {c.get('n')}, events = {c.get('events')}"))
-        elif a.get("kind") == "cox":
-            rows.append((f"{name}: Cox model ({a.get('param')})", None, ""))
-            for term, t in a.get("terms", {}).items():
-                rows.append((f"  {term}", t, p_text(t.get("p"))))
+            for row in figure.data.get("rows", []):
+                label = str(row.get("label", ""))
+                if row.get("header"):
+                    if row.get("interaction_p") is not None:
+                        label += f"  (interaction {p_text(row['interaction_p'])})"
+                    rows.append((label, None, ""))
+                    continue
+                extra = row.get("extra")
+                text = p_text(extra) if row.get("extra_format") == "p" else str(extra or "")
+                rows.append(("  " * (1 + int(row.get("indent", 0))) + label, dict(row), text))
     return rows
 
 
 def plot_forest(results: Mapping[str, Any]) -> Figure | None:
-    """Forest plot of hazard ratios on a log axis (VE overall and by country, Cox terms).
+    """Forest plot of hazard ratios on a log axis (the rows every analysis declares).
 
-    Returns None when results hold no ``ve`` or ``cox`` analysis.
+    Returns None when no analysis declares forest rows.
     """
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
     from matplotlib.transforms import blended_transform_factory
@@ -323,37 +318,27 @@ def _rc() -> Any:
     return matplotlib.rc_context(style)
 
 
-def _is_vaccine_param(results: Mapping[str, Any], km: Mapping[str, Any]) -> bool:
-    return any(
-        a.get("kind") == "ve" and a.get("param") == km.get("param")
-        for a in results.get("analyses", {}).values()
-    )
-
-
 def write_plots(results: Mapping[str, Any], out_dir: Path) -> dict[str, list[Path]]:
-    """Draw every figure for ``results`` into ``out_dir``.
-
-    KM curves of a parameter that also has a ``ve`` analysis (a vaccine trial) show the
-    cumulative incidence ``1 - S(t)``, which is readable when few subjects have events.
+    """Draw every figure the analyses declare into ``out_dir``.
 
     Returns
     -------
     dict
-        Analysis name (or ``"forest"``) -> the PNG and SVG paths written for it, in order.
+        Analysis name (or ``"forest"``, one plot for every analysis's forest rows) -> the PNG
+        and SVG paths written for it, in order.
     """
     written: dict[str, list[Path]] = {}
-    for name, a in results.get("analyses", {}).items():
-        kind = a.get("kind")
-        fig: Figure | None = None
-        if kind == "km" and a.get("groups"):
-            fig = plot_km(name, a, cumulative=_is_vaccine_param(results, a))
-            written.setdefault(name, []).extend(save_figure(fig, out_dir, f"km_{safe_name(name)}"))
-        cox = a if kind == "cox" else a.get("cox") if kind == "ve" else None
-        if cox:
-            fig = plot_convergence(name, cox)
-            if fig is not None:
-                stem = f"convergence_{safe_name(name)}"
-                written.setdefault(name, []).extend(save_figure(fig, out_dir, stem))
+    for name, shown in presentations(results).items():
+        for figure in shown.figures:
+            drawn: Figure | None = None
+            if figure.type == "km" and figure.data.get("groups"):
+                cumulative = figure.data.get("display") == "incidence"
+                drawn = plot_km(name, figure.data, cumulative=cumulative)
+            elif figure.type == "convergence":
+                drawn = plot_convergence(name, figure.data)
+            if drawn is not None:
+                paths = save_figure(drawn, out_dir, safe_name(figure.id))
+                written.setdefault(name, []).extend(paths)
     forest = plot_forest(results)
     if forest is not None:
         written["forest"] = save_figure(forest, out_dir, "forest")

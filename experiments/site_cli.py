@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
+from analysis.errors import UserError
 from sites.audit import verify
-from sites.bundle import SiteBundle, load_bundle
+from sites.bundle import SiteBundle, load_bundle, read_site_toml
 from sites.node import default_audit_log
+from sites.policy import describe_policy
 
 
 def format_report(bundle: SiteBundle) -> str:
@@ -30,6 +35,8 @@ def format_report(bundle: SiteBundle) -> str:
             f"  {paramcd}: {events} events, {len(rows) - events} censored, follow-up "
             f"{rows['AVAL'].min():g} to {rows['AVAL'].max():g} ({rows['PARAM'].iloc[0]})"
         )
+    lines.append("policy:")
+    lines += [f"  {line}" for line in describe_policy(bundle.rules)]
     status = f"{len(bundle.warnings)} warning(s)" if bundle.warnings else "no warnings"
     lines.append(f"valid: yes, {status}")
     return "\n".join(lines)
@@ -50,11 +57,33 @@ def main_check(args: argparse.Namespace) -> int:
 
 
 def main_audit(args: argparse.Namespace) -> int:
-    """``trialfed site audit BUNDLE [--log FILE]``: verify the hash chain; 1 when broken."""
+    """``trialfed site audit BUNDLE [--log FILE] [--against RESULTS]``: verify the hash chain
+    (and that the log still holds the entry a run's results.json recorded); 1 when broken."""
     path = args.log or default_audit_log(args.bundle)
-    report = verify(path)
+    against = None
+    if getattr(args, "against", None):
+        against = _recorded_stamp(args.bundle, args.against)
+    report = verify(path, against=against)
     if not report.ok:
         print(f"trialfed: audit log {path} FAILED verification: {report.problem}", file=sys.stderr)
         return 1
-    print(f"audit log {path}: {report.entries} entries, hash chain intact")
+    line = f"audit log {path}: {report.entries} entries, hash chain intact"
+    if against:
+        line += f"; entry {against['entries']} is the one {args.against} recorded"
+    print(line)
     return 0
+
+
+def _recorded_stamp(bundle: Path, results_path: Path) -> dict[str, Any]:
+    """The audit stamp a results.json recorded for this bundle's site."""
+    site, problems = read_site_toml(Path(bundle) / "site.toml")
+    if problems:
+        raise UserError("; ".join(problems))
+    try:
+        results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{results_path}: cannot read results: {exc}") from None
+    for entry in [*results.get("sites", []), *results.get("sites_missing", [])]:
+        if entry.get("id") == site["id"] and entry.get("audit"):
+            return dict(entry["audit"])
+    raise UserError(f"{results_path}: no audit record for site {site['id']!r}")

@@ -424,13 +424,15 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _site_toml(info: SiteInfo) -> str:
+def _site_toml(info: SiteInfo, min_cell_count: int) -> str:
     analyses = ", ".join(_toml_str(a) for a in ("summary", "km", "logrank", "cox", "ve"))
     return (
         "# Synthetic site bundle written by `trialfed synth`.\n"
         f"[site]\nid = {_toml_str(info.id)}\nname = {_toml_str(info.name)}\n"
         f"country = {_toml_str(info.country)}\n\n"
-        f"[policy]\nmin_cell_count = 0\nallowed_analyses = [{analyses}]\n"
+        '# What leaves this site (docs/design.md, "Site policy").\n'
+        f"[policy]\nmin_cell_count = {min_cell_count}\nallowed_analyses = [{analyses}]\n"
+        'publish_site_estimates = true\napproved_plans = "any"\n'
     )
 
 
@@ -452,8 +454,14 @@ def _write_frame(df: pd.DataFrame, path: Path, fmt: str, table: str) -> None:
         )
 
 
-def write_trial(trial: SyntheticTrial, out_dir: str | Path, fmt: str = "xpt") -> list[Path]:
+def write_trial(
+    trial: SyntheticTrial, out_dir: str | Path, fmt: str = "xpt", min_cell_count: int = 5
+) -> list[Path]:
     """Write ``OUT/sites/<site_id>/{site.toml, adsl.<fmt>, adtte.<fmt>}`` and ``OUT/truth.json``.
+
+    Each ``site.toml`` has the policy ``min_cell_count`` (default 5, the sites' default; 0 turns
+    the disclosure rules off, for answers equal to the pooled rows), publishes the sites' own
+    estimates and answers any plan.
 
     Dataset files of other formats left in a site folder by an earlier run are removed, so that
     each bundle holds exactly one ``adsl.*`` and one ``adtte.*``.
@@ -485,7 +493,7 @@ def write_trial(trial: SyntheticTrial, out_dir: str | Path, fmt: str = "xpt") ->
         folder.mkdir(parents=True, exist_ok=True)
         for old in (folder / f"{d}.{f}" for d in ("adsl", "adtte") for f in FORMATS if f != fmt):
             old.unlink(missing_ok=True)
-        (folder / "site.toml").write_text(_site_toml(info), encoding="utf-8")
+        (folder / "site.toml").write_text(_site_toml(info, min_cell_count), encoding="utf-8")
         written.append(folder / "site.toml")
         for table, frames in (("ADSL", trial.adsl), ("ADTTE", trial.adtte)):
             path = folder / f"{table.lower()}.{fmt}"
@@ -501,7 +509,7 @@ def main_synth(args: argparse.Namespace) -> int:
     """``trialfed synth``: generate a trial, write its bundles and print a short summary."""
     trial = generate_trial(args.design, args.subjects, args.sites, args.seed)
     fmt = getattr(args, "format", "xpt")
-    paths = write_trial(trial, args.out, fmt)
+    paths = write_trial(trial, args.out, fmt, getattr(args, "min_cell_count", 5))
     countries = sorted({s.country for s in trial.sites})
     per_country = ", ".join(f"{c} {sum(s.country == c for s in trial.sites)}" for c in countries)
     print(

@@ -25,10 +25,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from experiments.presentation import presentations
 from experiments.tracking_records import (
-    CHILD_PARAMS,
     analysis_metrics,
     finite_or_none,
+    headline_metrics,
     history_points,
     metric_name,
     mlflow_key,
@@ -203,8 +204,8 @@ class TrackedRun:
         }
         files["results"][0].write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
         files["plan"][0].write_text(self.plan_text)
-        for name, path in write_tables(clean, out).items():
-            files.setdefault(name, []).append(path)
+        for name, paths in write_tables(clean, out).items():
+            files.setdefault(name, []).extend(paths)
         images = write_plots(clean, out)
         for name, paths in images.items():
             files.setdefault(name, []).extend(paths)
@@ -402,18 +403,23 @@ def log_results(
         ("sites_contributed", len(contributed), 0),
         ("sites_missing", len(missing), 0),
     ]
-    for name, a in results.get("analyses", {}).items():
+    for name, shown in presentations(results).items():
+        a = results["analyses"][name]
         kind = str(a.get("kind"))
-        metrics = analysis_metrics(a)
-        parent_metrics += [(metric_name(name, k), v, 0) for k, v in metrics.items()]
+        metrics = analysis_metrics(shown)
+        parent_metrics += [(k, v, 0) for k, v in headline_metrics(name, shown).items()]
         child = run._child(
             name,
             kind,
             {"trialfed.analysis": name, "trialfed.kind": kind, "trialfed.engine": run.engine},
         )
-        child_params = {k: v for k, v in a.items() if k in CHILD_PARAMS and v is not None}
-        child_metrics = [(k, v, 0) for k, v in metrics.items()] + history_points(a)
-        child_tags = {"trialfed.converged": a.get("converged")} if kind == "cox" else {}
+        child_params = {k: v for k, v in shown.params.items() if v is not None}
+        child_metrics = [(k, v, 0) for k, v in metrics.items()] + history_points(shown)
+        child_tags = {}
+        if "converged" in a:
+            child_tags["trialfed.converged"] = a.get("converged")
+        if a.get("refused"):
+            child_tags["trialfed.refused"] = "true"
         log_batch(client, child, params=child_params, metrics=child_metrics, tags=child_tags)
         for path in files.get(name, []):
             client.log_artifact(child, str(path))

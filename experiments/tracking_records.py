@@ -12,9 +12,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from analysis.kinds.base import Presentation
+
 MAX_KEY = 250
 MAX_PARAM = 6000
-CHILD_PARAMS = {"kind", "param", "by", "arm", "reference", "treatment", "strata", "ties", "alpha"}
 
 
 def safe_part(text: Any) -> str:
@@ -51,59 +52,30 @@ def finite_or_none(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _cox_metrics(cox: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for term, t in cox.get("terms", {}).items():
-        for field in ("hr", "hr_lower", "hr_upper", "p", "coef", "se"):
-            out[metric_name(*prefix, term, field)] = finite_or_none(t.get(field))
-    out[metric_name(*prefix, "loglik_final")] = finite_or_none(cox.get("loglik"))
-    out[metric_name(*prefix, "rounds")] = finite_or_none(cox.get("rounds"))
-    return out
-
-
-def analysis_metrics(a: Mapping[str, Any]) -> dict[str, float]:
-    """Key numbers of one analysis as MLflow metrics (None and non-finite values left out).
-
-    cox: ``<term>/hr``, ``hr_lower``, ``hr_upper``, ``p`` (+ coef, se), ``loglik_final``;
-    ve: ``ve``, ``ve_lower``, ``ve_upper``, ``hr*``, ``p``, ``interaction_p``,
-    ``country/<C>/...`` and the Cox model under ``cox/``; km: ``median/<group>``;
-    logrank: ``statistic``, ``p``, ``df``; summary: ``n/<group>``.
-    """
-    kind = a.get("kind")
-    out: dict[str, float | None] = {}
-    if kind == "cox":
-        out.update(_cox_metrics(a))
-    elif kind == "ve":
-        for key, name in (("ve", "ve"), ("lower", "ve_lower"), ("upper", "ve_upper")):
-            out[name] = finite_or_none(a.get(key))
-        for key in ("hr", "hr_lower", "hr_upper", "p", "interaction_p"):
-            out[key] = finite_or_none(a.get(key))
-        for country, c in a.get("by_country", {}).items():
-            for key in ("hr", "hr_lower", "hr_upper", "ve", "lower", "upper", "n", "events"):
-                out[metric_name("country", country, key)] = finite_or_none(c.get(key))
-        if a.get("cox"):
-            out.update(_cox_metrics(a["cox"], ("cox",)))
-    elif kind == "km":
-        for level, g in a.get("groups", {}).items():
-            out[metric_name("median", level)] = finite_or_none(g.get("median"))
-    elif kind == "logrank":
-        for key in ("statistic", "p", "df"):
-            out[key] = finite_or_none(a.get(key))
-    elif kind == "summary":
-        for level, g in a.get("groups", {}).items():
-            out[metric_name("n", level)] = finite_or_none(g.get("n"))
+def analysis_metrics(shown: Presentation) -> dict[str, float]:
+    """An analysis's metrics as MLflow keys (None and non-finite values left out); the
+    kind declares them (:class:`analysis.kinds.base.Metric`)."""
+    out = {metric_name(*m.key): finite_or_none(m.value) for m in shown.metrics if m.step is None}
     return {k: v for k, v in out.items() if v is not None}
 
 
-def history_points(a: Mapping[str, Any]) -> list[tuple[str, float, int]]:
-    """Per-round Cox convergence ``(key, value, step=round)``: ``loglik`` and ``step_norm``."""
-    cox = a if a.get("kind") == "cox" else a.get("cox") or {}
+def headline_metrics(name: str, shown: Presentation) -> dict[str, float]:
+    """The few numbers that summarise an analysis, keyed ``<analysis>/<key>`` (parent run)."""
+    out = {
+        metric_name(name, *m.key): finite_or_none(m.value)
+        for m in shown.metrics
+        if m.headline and m.step is None
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def history_points(shown: Presentation) -> list[tuple[str, float, int]]:
+    """Per-round values ``(key, value, step=round)`` (e.g. Cox log-likelihood, step norm)."""
     points = []
-    for h in cox.get("history") or []:
-        for key in ("loglik", "step_norm"):
-            value = finite_or_none(h.get(key))
-            if value is not None:
-                points.append((key, value, int(h["round"])))
+    for m in shown.metrics:
+        value = finite_or_none(m.value)
+        if m.step is not None and value is not None:
+            points.append((metric_name(*m.key), value, m.step))
     return points
 
 

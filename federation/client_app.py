@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from analysis.errors import UserError
 from federation.codec import decode, encode
 from sites.node import serve
-from sites.queries import prefetch
+from sites.prepared import prefetch
 
 
 def handle(message: Message, bundle_path: Path, audit_log: Path | None = None) -> Message:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.codec import decode, encode
-from federation.protocol import SiteFailure
+from federation.exchange import SiteFailure, site_outcome
 from sites.node import serve
 
 
@@ -38,8 +38,5 @@ class InProcessTransport:
                 outcomes[node] = SiteFailure(f"no reply within {timeout:g} s")
                 continue
             payload = decode(encode(serve(self.bundles[node], decode(encode(request)))))
-            if payload["ok"]:
-                outcomes[node] = payload["reply"]
-            else:
-                outcomes[node] = SiteFailure(payload["error"], refused=True)
+            outcomes[node] = site_outcome(payload)
         return outcomes

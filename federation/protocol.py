@@ -1,35 +1,36 @@
-"""The round protocol: turns a validated plan into site requests, and site replies into results.
+"""The round protocol: sends the plan and each round's state to the sites, and turns their
+answers into results.
 
-It is independent of Flower: a :class:`Transport` sends one request per site and returns the
+A request is ``{"protocol", "plan", "plan_sha256", "round", "state"}``: the plan text and the
+coordinator's state (the countries in the federation and, per Cox model, the levels, the
+coefficient vector and, for a shared baseline, the shift and the event-time grid). Each site
+derives what to compute from the plan itself (:mod:`analysis.rounds`), so no message carries a
+query. Round 1 asks everything that needs no coordinator state; later rounds iterate the Cox
+models in lockstep (docs/design.md).
+
+It is independent of Flower: a :class:`Transport` sends one request per node and returns the
 replies, so the protocol runs the same in the simulation engine, in a deployment and in a plain
-function call. Round 1 asks for everything that needs no coordinator state; later rounds carry
-only the Cox models still iterating, all in lockstep (see docs/design.md).
+function call.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from analysis.errors import UserError
+from analysis.kinds import REGISTRY
+from analysis.kinds.context import EstimateContext
 from analysis.plan import Plan
-from federation import assemble
-from federation.models import CoxModel, plan_models
+from analysis.rounds import iterated_models
+from federation.exchange import Exchange, RunFailed, SiteFailure
+from federation.models import CoxRun
 
+PROTOCOL = 2
 
-class SiteFailure(Exception):
-    """A site that did not answer (timeout, dropped connection) or answered with an error."""
-
-    def __init__(self, reason: str, refused: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.refused = refused  # the site refused: its data or the plan is wrong
-
-
-class RunFailed(Exception):
-    """The federated run cannot produce a valid result; the message says why and where."""
+__all__ = ["Outcome", "RunFailed", "SiteFailure", "Transport", "run_plan"]
 
 
 class Transport(Protocol):
@@ -56,131 +57,154 @@ class Outcome:
     rounds: int
     seconds: float
     round_seconds: list[float] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    disclosure: list[dict[str, Any]] = field(default_factory=list)
 
 
 Progress = Callable[[str], None]
 
 
-class _Exchange:
-    """Sends rounds, keeps the set of live sites and enforces ``min_sites``."""
-
-    def __init__(
-        self, plan: Plan, transport: Transport, nodes: list[int], progress: Progress
-    ) -> None:
-        self.plan = plan
-        self.transport_nodes = nodes
-        self.transport = transport
-        self.progress = progress
-        self.rounds = 0
-        self.round_seconds: list[float] = []
-        self.info: dict[int, dict[str, Any]] = {}
-        self.missing: dict[int, str] = {}
-
-    def send(self, requests: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        self.rounds += 1
-        start = time.perf_counter()
-        outcomes = self.transport.exchange(requests, timeout=self.plan.run.round_timeout)
-        self.round_seconds.append(time.perf_counter() - start)
-        replies: dict[int, dict[str, Any]] = {}
-        for node in requests:
-            outcome = outcomes.get(node, SiteFailure("no reply"))
-            name = self.info.get(node, {}).get("id", f"node {node}")
-            if isinstance(outcome, SiteFailure):
-                if outcome.refused:
-                    raise UserError(f"{outcome.reason} (a site refused round {self.rounds})")
-                self.missing[node] = f"round {self.rounds}: {outcome.reason}"
-                self.progress(f"round {self.rounds}: site {name} did not answer ({outcome.reason})")
-                continue
-            replies[node] = outcome
-            self.info.setdefault(node, outcome["site"])
-        ids = [info["id"] for info in self.info.values()]
-        twice = sorted({i for i in ids if ids.count(i) > 1})
-        if twice:
-            raise UserError(f"two or more sites report the same site id: {', '.join(twice)}")
-        self._check_quorum()
-        self.progress(
-            f"round {self.rounds}: {len(replies)}/{len(requests)} sites answered in "
-            f"{self.round_seconds[-1]:.2f} s"
-        )
-        return replies
-
-    def _check_quorum(self) -> None:
-        live = self.live_nodes()
-        needed = self.plan.run.min_sites or len(self.transport_nodes)
-        if len(live) < needed:
-            lost = "; ".join(
-                f"{self.info.get(n, {}).get('id', f'node {n}')} ({why})"
-                for n, why in sorted(self.missing.items())
-            )
-            raise RunFailed(
-                f"only {len(live)} of {len(self.transport_nodes)} sites answered and the plan "
-                f"needs {needed} (set [run] min_sites to allow fewer); missing: {lost}"
-            )
-
-    def live_nodes(self) -> list[int]:
-        """Answering nodes in site-id order, so sums run in the same order every run."""
-        live = [n for n in self.transport_nodes if n not in self.missing]
-        return sorted(live, key=lambda n: (str(self.info.get(n, {}).get("id", "")), n))
+def request(plan: Plan, number: int, state: dict[str, Any]) -> dict[str, Any]:
+    """The message a site receives in round ``number``."""
+    return {
+        "protocol": PROTOCOL,
+        "plan": plan.text or plan.to_toml(),
+        "plan_sha256": plan.sha256,
+        "round": number,
+        "state": state,
+    }
 
 
-def run_plan(plan: Plan, transport: Transport, progress: Progress | None = None) -> Outcome:
-    """Run every analysis of ``plan`` over the sites behind ``transport``."""
+def run_plan(
+    plan: Plan,
+    transport: Transport,
+    progress: Progress | None = None,
+    expected_sites: Sequence[str] | None = None,
+) -> Outcome:
+    """Run every analysis of ``plan`` over the sites behind ``transport``.
+
+    Parameters
+    ----------
+    plan : Plan
+    transport : Transport
+    progress : callable, optional
+        Receives one line per round.
+    expected_sites : sequence of str, optional
+        The roster of a deployment: the site ids expected when the plan names none. A site
+        that is not expected is never pooled; one that does not answer is missing.
+    """
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     nodes = sorted(transport.nodes())
     if not nodes:
         raise RunFailed("no site is connected")
-    link = _Exchange(plan, transport, nodes, say)
-    models = plan_models(plan)
+    expected = list(plan.sites or expected_sites or [])
+    link = Exchange(plan, transport, nodes, say, expected)
+    replies = link.send({node: request(plan, 1, {}) for node in nodes})
+    link.check_quorum()
+    sites = link.live_sites()
+    context = _context(link, replies, sites)
+    countries = sorted({link.info[s]["country"] for s in sites})
+    runs = [CoxRun(m) for m in iterated_models(plan, countries)]
+    for run in runs:
+        source = run.definition.start_from or run.id
+        run.sites = [
+            s
+            for s in sites
+            if run.definition.wants(link.info[s]["country"])
+            and source in replies[s]["answers"]
+            and run.definition.analysis not in replies[s]["refused"]
+        ]
+        run.start({s: replies[s]["answers"][source] for s in run.sites}, context, plan.run)
 
-    first = assemble.round_one_request(plan, models)
-    replies = link.send({node: first for node in nodes})
-    replies = {n: replies[n] for n in link.live_nodes()}
-    countries = sorted({replies[n]["site"]["country"] for n in replies})
-    models = [m for m in models if m.applies(countries)]
-    models += [m for base in list(models) for m in base.country_models(countries)]
-    for model in models:
-        model.start(replies, link.info, plan.run)
+    while any(r.active and not r.done for r in runs) and link.rounds < plan.run.max_rounds:
+        _cox_round(link, plan, countries, [r for r in runs if r.active and not r.done])
 
-    while any(not m.done for m in models if m.active):
-        if link.rounds >= plan.run.max_rounds:
-            break
-        requests = _cox_round(link, [m for m in models if m.active and not m.done])
-        cox_replies = link.send(requests)
-        for model in models:
-            if model.active and not model.done:
-                model.update(cox_replies, link.live_nodes())
-
-    live = link.live_nodes()
-    final = {n: replies[n] for n in live}
-    analyses = assemble.results(plan, final, models, link.info)
-    sites = [{**_public(link.info[n]), "contributed": True} for n in live]
-    missing = [
-        {**_public(link.info.get(n, {"id": f"node {n}"})), "contributed": False, "reason": why}
-        for n, why in sorted(link.missing.items())
-    ]
+    models = {r.id: r.fitted(_alpha(plan, r.definition.analysis)) for r in runs}
+    context = EstimateContext(context.sites, context.answers, models)
+    analyses = {spec.name: _estimate(link, spec, context) for spec in plan.analyses}
     return Outcome(
         analyses=analyses,
-        sites=sites,
-        sites_missing=missing,
+        sites=[{**link.public(s), "contributed": True} for s in link.live_sites()],
+        sites_missing=link.missing_sites(),
         rounds=link.rounds,
         seconds=time.perf_counter() - start,
         round_seconds=link.round_seconds,
+        refusals=link.refusals(),
+        disclosure=link.notes,
     )
 
 
-def _cox_round(link: _Exchange, models: list[CoxModel]) -> dict[int, dict[str, Any]]:
+def _alpha(plan: Plan, analysis: str) -> float:
+    return float(getattr(plan.analysis(analysis), "alpha", 0.05))
+
+
+def _context(
+    link: Exchange, replies: Mapping[str, dict[str, Any]], sites: list[str]
+) -> EstimateContext:
+    answers: dict[str, list[tuple[str, Any]]] = {}
+    for site in sites:
+        for key, payload in replies[site]["answers"].items():
+            answers.setdefault(key, []).append((site, payload))
+    return EstimateContext(tuple(link.public(s) for s in sites), answers, {})
+
+
+def _cox_round(link: Exchange, plan: Plan, countries: list[str], runs: list[CoxRun]) -> None:
+    number = link.rounds + 1
     requests: dict[int, dict[str, Any]] = {}
-    for node in link.live_nodes():
-        country = link.info[node]["country"]
-        queries = [m.eval_query() for m in models if m.wants(country)]
-        requests[node] = {"round": link.rounds + 1, "cox_eval": queries}
-    return requests
+    for site in link.live_sites():
+        points = {r.id: r.point() for r in runs if site in r.sites}
+        if points:
+            state = {"countries": countries, "models": points}
+            requests[link.node_of(site)] = request(plan, number, state)
+    replies = link.send(requests)
+    link.check_quorum()
+    for run in runs:
+        parts, refused = [], []
+        for site in run.sites:
+            reply = replies.get(site)
+            if reply is None:
+                continue  # lost: the quorum check decided the run can go on without it
+            if run.id in reply["answers"]:
+                parts.append(reply["answers"][run.id])
+            else:
+                why = reply["refused"].get(run.definition.analysis, {})
+                refused.append(f"{site} ({why.get('rule')}: {why.get('message')})")
+        if refused:
+            run.stop(f"round {number}: refused by {'; '.join(refused)}")
+        elif parts:
+            run.update(parts)
 
 
-def _public(info: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("id", "name", "country", "n", "policy")
-    out = {k: info[k] for k in keep if k in info}
-    params = info.get("params", {})
-    out["events"] = {p: v["events"] for p, v in params.items()}
+def _estimate(link: Exchange, spec: Any, context: EstimateContext) -> dict[str, Any]:
+    """One analysis from the sites that answered it, or marked refused when too few did."""
+    kind = REGISTRY[spec.kind]
+    refusing = link.refusing(spec.name)
+    answering = [s for s in link.live_sites() if s not in refusing]
+    needed = link.needed()
+    notes = [n for n in link.notes if n["analysis"] == spec.name]
+    if refusing and all(r["rule"] == "plan" for r in refusing.values()) and not answering:
+        first = next(iter(refusing.values()))
+        raise UserError(f"analysis {spec.name!r}: {first['message']}")
+    if len(answering) < needed or not answering:
+        return {
+            "kind": spec.kind,
+            "refused": True,
+            "message": (
+                f"{len(answering)} of {len(link.live_sites())} sites answered and the plan needs "
+                f"{needed}"
+            ),
+            "refusals": [{"site": s, **r} for s, r in refusing.items()],
+            "disclosure": notes,
+        }
+    sub = EstimateContext(
+        tuple(i for i in context.sites if i["id"] in answering),
+        {q: [(s, p) for s, p in parts if s in answering] for q, parts in context.answers.items()},
+        context.models,
+    )
+    out = kind.estimate(spec, sub)
+    if refusing:
+        out["refusals"] = [{"site": s, **r} for s, r in refusing.items()]
+    if notes:
+        out["disclosure"] = notes
     return out

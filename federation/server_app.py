@@ -1,7 +1,8 @@
 """The trialfed ServerApp: runs the round protocol of an analysis plan over the Grid.
 
-Deployment: the plan travels as TOML text in the run config key ``plan-toml``; the outcome
-travels back in the run's log (``federation/runlog.py``).
+Deployment: the plan travels as TOML text in the run config key ``plan-toml``, the roster's
+site ids in ``expected-site-ids`` (comma-separated; used when the plan names no sites); the
+outcome travels back in the run's log (``federation/runlog.py``).
 Simulation: :func:`make_server_app` is given the validated plan and a list to put the outcome in.
 """
 
@@ -34,7 +35,9 @@ def make_server_app(
             current = plan or parse_plan(str(context.run_config["plan-toml"]), "run config")
             expected = expected_nodes or int(context.run_config.get("expected-sites", 0))
             transport = GridTransport(grid, expected_nodes=expected)
-            outcome: Any = run_plan(current, transport, progress=progress)
+            roster = str(context.run_config.get("expected-site-ids", ""))
+            sites = [s.strip() for s in roster.split(",") if s.strip()]
+            outcome: Any = run_plan(current, transport, progress=progress, expected_sites=sites)
         except Exception as exc:  # handed to the launcher, which reports it
             if sink is None:
                 emit_failure(exc)

@@ -10,7 +10,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from federation.codec import MESSAGE_TYPE, decode, encode
-from federation.protocol import SiteFailure
+from federation.exchange import SiteFailure, site_outcome
 
 
 class GridTransport:
@@ -45,10 +45,7 @@ class GridTransport:
                 outcomes[node] = SiteFailure(f"site error: {reply.error.reason}")
                 continue
             payload = decode(reply.content)
-            if payload["ok"]:
-                outcomes[node] = payload["reply"]
-            else:
-                outcomes[node] = SiteFailure(payload["error"], refused=True)
+            outcomes[node] = site_outcome(payload)
         for node in requests:
             outcomes.setdefault(node, SiteFailure(f"no reply within {timeout:g} s"))
         return outcomes

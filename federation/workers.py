@@ -35,7 +35,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-PRELOAD = ["federation.client_app", "sites.queries"]
+PRELOAD = ["federation.client_app", "sites.prepared", "sites.answers"]
 """Modules the fork server imports once, before it forks the workers."""
 POLL_SECONDS = 0.2
 """How often a waiting caller checks whether the pool was closed."""

@@ -28,6 +28,7 @@ from analysis.errors import UserError
 from sites import check
 from sites.csv_typed import read_csv_typed
 from sites.normalise import normalise, text, to_numbers
+from sites.policy import SitePolicy, parse_policy
 
 FORMATS = {".xpt": "xpt", ".csv": "csv", ".parquet": "parquet"}
 """Supported file suffixes and their format names."""
@@ -42,7 +43,8 @@ class SiteBundle:
     site_id, name, country : str
         From the ``[site]`` table of ``site.toml``; ``country`` is an ISO 3166 alpha-2 code.
     policy : dict
-        The ``[policy]`` table, every key kept (empty when absent).
+        The ``[policy]`` table as written, validated by :func:`sites.policy.parse_policy`
+        (empty when absent: the defaults apply); :attr:`rules` is the parsed policy.
     path : Path
         The bundle folder.
     adsl, adtte : pandas.DataFrame
@@ -62,6 +64,11 @@ class SiteBundle:
     adtte: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     files: Mapping[str, Path] = field(default_factory=dict)
+
+    @cached_property
+    def rules(self) -> SitePolicy:
+        """The parsed ``[policy]`` (defaults filled in)."""
+        return parse_policy(self.policy)[0]
 
     def params(self) -> list[str]:
         """The ADTTE parameter codes (PARAMCD), sorted."""
@@ -195,6 +202,7 @@ def read_site_toml(path: Path) -> tuple[dict[str, Any], list[str]]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return {}, [f"{path.name}: TOML syntax error: {exc}"]
     problems = check.check_site_table(document, path.name)
+    problems += parse_policy(document.get("policy"), path.name)[1]
     if problems:
         return {}, problems
     site = document["site"]

@@ -1,7 +1,7 @@
 """An optional on-disk cache of parsed site bundles, keyed by the hash of the files.
 
 In a deployment every message starts a fresh ClientApp process, so the per-process cache of
-:mod:`sites.queries` does not survive between rounds, and a large CSV bundle would be parsed and
+:mod:`sites.prepared` does not survive between rounds, and a large CSV bundle would be parsed and
 validated again for every message. With the environment variable :data:`CACHE_ENV` set, the
 normalised, validated tables are kept as Parquet files and read back instead:
 

@@ -72,8 +72,6 @@ def check_site_table(document: dict[str, Any], file: str = "site.toml") -> list[
             f"{file}: [site] country must be an ISO 3166 alpha-2 code of 2 uppercase letters "
             f"(e.g. 'JP', 'KR'); got {country!r}"
         )
-    if "policy" in document and not isinstance(document["policy"], dict):
-        problems.append(f"{file}: [policy] must be a table; got {document['policy']!r}")
     return problems
 
 

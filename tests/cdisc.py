@@ -36,11 +36,18 @@ def write_table(frame: pd.DataFrame, path: Path, table_name: str) -> None:
         raise ValueError(f"unsupported suffix {suffix!r}; use .xpt, .csv or .parquet")
 
 
-def write_site_toml(folder: Path, site_id: str, name: str, country: str) -> Path:
-    """Write a minimal ``site.toml`` (``[site]`` id, name, country and an empty ``[policy]``)."""
+EXACT_POLICY = "min_cell_count = 0\npublish_site_estimates = true\n"
+"""The oracle tests compare the federated answer with lifelines on the pooled rows, which is
+exact only with the disclosure rules off (k = 0); each site also publishes its own fit."""
+
+
+def write_site_toml(
+    folder: Path, site_id: str, name: str, country: str, policy: str = EXACT_POLICY
+) -> Path:
+    """Write a minimal ``site.toml`` (``[site]`` id, name, country and ``[policy]``)."""
     path = folder / "site.toml"
     path.write_text(
-        f'[site]\nid = "{site_id}"\nname = "{name}"\ncountry = "{country}"\n\n[policy]\n',
+        f'[site]\nid = "{site_id}"\nname = "{name}"\ncountry = "{country}"\n\n[policy]\n{policy}',
         encoding="utf-8",
     )
     return path

@@ -178,7 +178,7 @@ def test_csv_identifiers_stay_text(tmp_path: Path) -> None:
     assert bundle.adtte["CNSR"].dtype == np.float64
 
 
-def test_site_fields_and_policy_keep_unknown_keys(tmp_path: Path) -> None:
+def test_site_fields_and_a_policy_with_unknown_keys_is_refused(tmp_path: Path) -> None:
     adsl, adtte = toy_tables()
     folder = write_bundle(tmp_path / "b", adsl, adtte)
     (folder / "site.toml").write_text(
@@ -186,9 +186,20 @@ def test_site_fields_and_policy_keep_unknown_keys(tmp_path: Path) -> None:
         '[policy]\nmin_cell = 5\nfuture_key = {nested = "kept"}\n',
         encoding="utf-8",
     )
+    with pytest.raises(UserError) as info:
+        load_bundle(folder)
+    message = str(info.value)
+    # a misspelled key names the key it was meant to be; an unknown one the allowed set
+    assert "unknown key 'min_cell' (did you mean 'min_cell_count'?)" in message
+    assert "unknown key 'future_key'; allowed keys: allowed_analyses, min_cell_count" in message
+    (folder / "site.toml").write_text(
+        '[site]\nid = "JP01"\nname = "Osaka"\ncountry = "JP"\n\n[policy]\nmin_cell_count = 3\n',
+        encoding="utf-8",
+    )
     bundle = load_bundle(folder)
     assert (bundle.site_id, bundle.name, bundle.country) == ("JP01", "Osaka", "JP")
-    assert bundle.policy == {"min_cell": 5, "future_key": {"nested": "kept"}}
+    assert bundle.policy == {"min_cell_count": 3}
+    assert bundle.rules.min_cell_count == 3 and not bundle.rules.publish_site_estimates
     assert bundle.path == folder
     with pytest.raises(dataclasses.FrozenInstanceError):
         bundle.site_id = "other"  # type: ignore[misc]

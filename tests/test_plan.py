@@ -48,9 +48,20 @@ alpha = 0.1
     assert plan.run.min_sites == 2 and plan.run.round_timeout == 30
 
 
-def test_sha256_changes_with_text() -> None:
+def test_sha256_is_the_content_not_the_text() -> None:
     text = HEAD + '[[analysis]]\nname = "k"\nkind = "km"\nparam = "OS"\n'
-    assert parse_plan(text).sha256 != parse_plan(text + "# comment\n").sha256
+    plan = parse_plan(text)
+    # comments, key order and keys written at their default are not content
+    assert plan.sha256 == parse_plan(text + "# comment\n").sha256
+    assert plan.sha256 == parse_plan(text + 'alpha = 0.05\ndisplay = "survival"\n').sha256
+    reordered = HEAD + '[[analysis]]\nparam = "OS"\nkind = "km"\nname = "k"\n'
+    assert plan.sha256 == parse_plan(reordered).sha256
+    # any change of content is a new plan
+    assert plan.sha256 != parse_plan(text + "alpha = 0.1\n").sha256
+    assert plan.sha256 != parse_plan(text.replace('"OS"', '"PFS"')).sha256
+    # the canonical TOML parses back to the same plan
+    again = parse_plan(plan.to_toml())
+    assert again.sha256 == plan.sha256 and again.analyses == plan.analyses
 
 
 @pytest.mark.parametrize(
@@ -85,7 +96,7 @@ def test_sha256_changes_with_text() -> None:
         ),
         (
             '[run]\nmin_sites = -1\n[[analysis]]\nname = "a"\nkind = "km"\nparam = "OS"\n',
-            "[run] min_sites must be an integer >= 0; got -1",
+            "[run]: min_sites must be an integer in [0, 10000]; got -1",
         ),
         (
             '[run]\nretries = 3\n[[analysis]]\nname = "a"\nkind = "km"\nparam = "OS"\n',

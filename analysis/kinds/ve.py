@@ -1,0 +1,318 @@
+"""``kind = "ve"``: vaccine efficacy (1 - HR) of an arm, overall, by country and by site.
+
+Models (see :mod:`analysis.kinds.cox_model`): the arm model, one copy per country, and the
+arm-by-country interaction model when the federation spans two countries or more. The per-site
+estimates of the forest plot are the sites' own round-1 fits, present only for sites whose policy
+publishes them (``publish_site_estimates``; the site decides, before anything leaves it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from analysis.cox_result import pseudo_inverse
+from analysis.distributions import normal_quantile
+from analysis.kinds.base import (
+    ALPHA,
+    AnalysisSpec,
+    Column,
+    Figure,
+    Kind,
+    Metric,
+    Presentation,
+    Table,
+    bool_key,
+    choice_key,
+    names_key,
+    reference_key,
+    register,
+    text_key,
+)
+from analysis.kinds.context import EstimateContext, FittedModel
+from analysis.kinds.cox import TIES, cox_metrics, cox_section, present_cox
+from analysis.kinds.cox_model import CoxModelDef, arm_models
+from analysis.kinds.format import p_value
+
+MAX_FOREST_SITES = 40
+"""Per-site rows in the forest plot at most; with more sites the report's table lists them."""
+
+
+@dataclass(frozen=True)
+class VEAnalysis(AnalysisSpec):
+    """Efficacy of ``treatment`` against the reference level of ``arm`` on ``param``."""
+
+    param: str = ""
+    arm: str = "TRT01P"
+    reference: tuple[tuple[str, str], ...] = ()
+    treatment: str = ""
+    covariates: tuple[str, ...] = ()
+    strata: tuple[str, ...] = ()
+    ties: str = "efron"
+    by_country: bool = True
+    alpha: float = 0.05
+
+    kind: ClassVar[str] = "ve"
+
+    @property
+    def reference_map(self) -> dict[str, str]:
+        """The reference levels as a dict."""
+        return dict(self.reference)
+
+
+@register
+class VEKind(Kind):
+    """Vaccine efficacy."""
+
+    name = "ve"
+    title = "Vaccine efficacy"
+    spec = VEAnalysis
+    keys = {
+        "param": text_key("ADTTE endpoint (PARAMCD)", required=True),
+        "arm": text_key("ADSL arm variable (default TRT01P)"),
+        "reference": reference_key("reference level of the arm (and other covariates)", True),
+        "treatment": text_key("the arm level whose efficacy is estimated"),
+        "covariates": names_key("adjustment covariates"),
+        "strata": names_key("SITE, COUNTRY or ADSL variables"),
+        "ties": choice_key(TIES, "tie handling (default efron)"),
+        "by_country": bool_key("per-country estimates and the interaction test (default true)"),
+        "alpha": ALPHA,
+    }
+
+    def check(self, values: dict[str, Any], where: str, problems: list[str]) -> None:
+        arm = values.get("arm", "TRT01P")
+        if "reference" in values and arm not in dict(values["reference"]):
+            problems.append(
+                f"{where}: reference must name the reference level of the arm variable {arm!r}, "
+                f'e.g. reference = {{ {arm} = "Placebo" }}; got {dict(values["reference"])!r}'
+            )
+
+    def grouping(self, spec: VEAnalysis) -> tuple[str, ...]:
+        return (spec.arm, *spec.strata)
+
+    def covariates(self, spec: VEAnalysis) -> tuple[str, ...]:
+        return (spec.arm, *[c for c in spec.covariates if c != spec.arm])
+
+    def cox_models(self, spec: VEAnalysis) -> list[CoxModelDef]:
+        return arm_models(
+            spec.name,
+            self.name,
+            spec.param,
+            spec.arm,
+            spec.covariates,
+            spec.reference,
+            spec.strata,
+            spec.ties,
+            spec.by_country,
+        )
+
+    def estimate(self, spec: VEAnalysis, context: EstimateContext) -> dict[str, Any]:
+        main = context.models[spec.name]
+        cox = {**cox_section(main), "alpha": spec.alpha}
+        treatment, note = _treatment(spec, main)
+        if note:
+            cox["message"] = note
+        term = f"{spec.arm}[T.{treatment}]"
+        out: dict[str, Any] = {
+            "kind": self.name,
+            "param": spec.param,
+            "arm": spec.arm,
+            "reference": spec.reference_map[spec.arm],
+            "treatment": treatment,
+            **efficacy(cox, term),
+            "cox": cox,
+            "by_country": {},
+            "interaction_p": None,
+        }
+        for model in context.models.values():
+            definition = model.definition
+            if definition.analysis != spec.name:
+                continue
+            if definition.role == "country" and definition.country is not None:
+                country = cox_section(model)
+                out["by_country"][definition.country] = {
+                    **efficacy(country, term),
+                    "n": country.get("n"),
+                    "events": country.get("events"),
+                    "converged": country.get("converged"),
+                }
+            elif definition.role == "interaction" and model.result is not None:
+                names = [t for t in model.result.terms if t.startswith(f"{term}:")]
+                if names and model.result.converged:
+                    out["interaction_p"] = model.result.wald_test(names)[2]
+                out["interaction"] = {**model.result.to_dict(), "tested_terms": names}
+        out["by_site"] = _by_site(main, term, spec.alpha, context.sites)
+        return out
+
+    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
+        cox = result.get("cox") or {}
+        base = present_cox(name, cox, f"Cox model behind {name}", f"{name}_cox")
+        headline = (
+            f"efficacy of {result.get('treatment')} vs {result.get('reference')} on "
+            f"{result.get('param')}"
+        )
+        rows = [
+            {
+                "group": "Overall",
+                "n": cox.get("n"),
+                "events": cox.get("events"),
+                **_row(result),
+            }
+        ]
+        rows += [
+            {"group": country, "n": c.get("n"), "events": c.get("events"), **_row(c)}
+            for country, c in (result.get("by_country") or {}).items()
+        ]
+        rows += [
+            {"group": f"site {site}", "n": c.get("n"), "events": c.get("events"), **_row(c)}
+            for site, c in (result.get("by_site") or {}).items()
+        ]
+        notes = []
+        if result.get("by_country"):
+            notes.append(
+                f"treatment-by-country interaction p = {p_value(result.get('interaction_p'))}"
+            )
+        table = Table(
+            name,
+            headline,
+            (
+                Column("group", "Group"),
+                Column("n", "N", "int"),
+                Column("events", "Events", "int"),
+                Column("ve", "VE", "pct"),
+                Column("ve_ci", "95% CI", "pct_ci"),
+                Column("hr", "HR", "hr"),
+                Column("hr_ci", "95% CI", "hr_ci"),
+                Column("p", "p", "p"),
+            ),
+            tuple(rows),
+            notes=tuple(notes),
+        )
+        metrics = [
+            Metric(("ve",), result.get("ve"), headline=True, label="VE"),
+            Metric(("ve_lower",), result.get("lower"), headline=True),
+            Metric(("ve_upper",), result.get("upper"), headline=True),
+            *(Metric((key,), result.get(key), headline=key == "p") for key in _HR_KEYS),
+            Metric(("interaction_p",), result.get("interaction_p"), headline=True),
+        ]
+        for country, c in (result.get("by_country") or {}).items():
+            for key in (*_HR_KEYS[:3], "ve", "lower", "upper", "n", "events"):
+                metrics.append(Metric(("country", country, key), c.get(key)))
+        metrics += cox_metrics(cox, ("cox",))
+        return Presentation(
+            heading=headline,
+            lines=base.lines,
+            tables=(table, *base.tables),
+            figures=(_forest(name, result), *base.figures[1:]),
+            metrics=tuple(metrics),
+            params={
+                "kind": self.name,
+                "param": result.get("param"),
+                "arm": result.get("arm"),
+                "reference": result.get("reference"),
+                "treatment": result.get("treatment"),
+            },
+        )
+
+
+_HR_KEYS = ("hr", "hr_lower", "hr_upper", "p")
+
+
+def _row(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "ve": values.get("ve"),
+        "ve_ci": [values.get("lower"), values.get("upper")],
+        "hr": values.get("hr"),
+        "hr_ci": [values.get("hr_lower"), values.get("hr_upper")],
+        "p": values.get("p"),
+    }
+
+
+def _forest(name: str, result: Mapping[str, Any]) -> Figure:
+    rows: list[dict[str, Any]] = [
+        {
+            "label": f"{name}: {result.get('treatment')} vs {result.get('reference')}",
+            "header": True,
+            "interaction_p": result.get("interaction_p"),
+        },
+        {"label": "Overall", **result, "extra": result.get("p"), "extra_format": "p"},
+    ]
+    for country, c in (result.get("by_country") or {}).items():
+        rows.append(
+            {"label": country, **c, "extra": f"n = {c.get('n')}, events = {c.get('events')}"}
+        )
+    by_site = result.get("by_site") or {}
+    if len(by_site) > MAX_FOREST_SITES:  # a row per site would be unreadable
+        rows.append(
+            {"label": f"{len(by_site)} sites: per-site estimates in report.html", "header": True}
+        )
+    else:
+        for site, c in by_site.items():
+            rows.append(
+                {
+                    "label": f"site {site} ({c.get('country')})",
+                    "indent": 2,
+                    **c,
+                    "extra": f"n = {c.get('n')}, events = {c.get('events')}",
+                }
+            )
+    return Figure("forest", "forest", "Hazard ratios with 95% confidence intervals", {"rows": rows})
+
+
+def _treatment(spec: VEAnalysis, main: FittedModel) -> tuple[str, str]:
+    """The treated arm level and a note when it cannot be determined."""
+    levels = main.levels.get(spec.arm, ())
+    treated = list(levels[1:])
+    treatment = spec.treatment or (treated[0] if len(treated) == 1 else "")
+    if treatment and treatment in treated:
+        return treatment, ""
+    found = ", ".join(map(repr, treated)) or "none"
+    return treatment, (
+        f"treatment must be one of the arm's non-reference levels {{{found}}}; got "
+        f"{treatment or 'nothing'}: set `treatment` in the plan"
+    )
+
+
+def efficacy(cox: Mapping[str, Any], term: str) -> dict[str, Any]:
+    """VE = 1 - HR of ``term`` with its interval, from a Cox results section."""
+    row = (cox.get("terms") or {}).get(term)
+    if row is None or row.get("hr") is None:
+        return dict.fromkeys(("ve", "lower", "upper", "hr", "hr_lower", "hr_upper", "p"))
+    return {
+        "ve": 1.0 - row["hr"],
+        "lower": None if row["hr_upper"] is None else 1.0 - row["hr_upper"],
+        "upper": None if row["hr_lower"] is None else 1.0 - row["hr_lower"],
+        "hr": row["hr"],
+        "hr_lower": row["hr_lower"],
+        "hr_upper": row["hr_upper"],
+        "p": row["p"],
+    }
+
+
+def _by_site(
+    main: FittedModel, term: str, alpha: float, sites: tuple[Mapping[str, Any], ...]
+) -> dict[str, Any]:
+    """Each publishing site's own estimate of the arm effect (its round-1 local fit)."""
+    z = normal_quantile(1 - alpha / 2)
+    out: dict[str, Any] = {}
+    for site in sites:
+        fit = main.local_fits.get(site["id"])
+        if fit is None or term not in fit.terms:
+            continue
+        i = fit.terms.index(term)
+        variance = pseudo_inverse(fit.information)[i, i]
+        entry: dict[str, Any] = {"n": fit.n, "events": fit.events, "country": site.get("country")}
+        if not variance > 0 or fit.events == 0:
+            out[site["id"]] = {**dict.fromkeys(("hr", "hr_lower", "hr_upper")), **entry}
+            continue
+        coef, se = float(fit.beta[i]), float(np.sqrt(variance))
+        out[site["id"]] = {
+            "hr": float(np.exp(coef)),
+            "hr_lower": float(np.exp(coef - z * se)),
+            "hr_upper": float(np.exp(coef + z * se)),
+            **entry,
+        }
+    return out

@@ -1,0 +1,66 @@
+"""What each round of a plan asks of a site, derived from the plan alone.
+
+The coordinator and every site call the same functions: round 1's queries
+(:func:`round_one_queries`) and the Cox models iterated afterwards (:func:`iterated_models`).
+A site therefore computes only what the plan it approved derives; the coordinator's message
+carries the plan and the round's state (coefficient vectors, levels, grids), never a query.
+The estimators of :mod:`analysis.kinds` read the sites' answers through
+:class:`EstimateContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from analysis.kinds import REGISTRY
+from analysis.kinds.base import Query
+from analysis.kinds.context import EstimateContext, FittedModel
+from analysis.kinds.cox_model import CoxModelDef, country_models
+from analysis.plan import Plan
+
+__all__ = [
+    "EstimateContext",
+    "FittedModel",
+    "analysis_of",
+    "iterated_models",
+    "plan_models",
+    "round_one_queries",
+]
+
+
+def plan_models(plan: Plan) -> list[CoxModelDef]:
+    """The Cox models of every analysis, without the per-country copies."""
+    return [model for spec in plan.analyses for model in REGISTRY[spec.kind].cox_models(spec)]
+
+
+def iterated_models(plan: Plan, countries: Sequence[str]) -> list[CoxModelDef]:
+    """The models iterated after round 1 over a federation spanning ``countries``."""
+    listed = sorted(set(countries))
+    models = [m for m in plan_models(plan) if m.applies(listed)]
+    return models + [c for m in list(models) for c in country_models(m, listed)]
+
+
+def round_one_queries(plan: Plan) -> list[Query]:
+    """Every query of round 1, in plan order; a table several models share is asked once."""
+    queries: dict[str, Query] = {}
+    for spec in plan.analyses:
+        kind = REGISTRY[spec.kind]
+        for query in kind.queries(spec):
+            queries.setdefault(query.id, query)
+        for model in kind.cox_models(spec):
+            local = Query(model.id, model.analysis, "cox_local", model.param, model=model.id)
+            queries.setdefault(local.id, local)
+            if model.mode == "moments":
+                grid = Query(
+                    model.grid_table_id, model.analysis, "event_table", model.param, model.strata
+                )
+                queries.setdefault(grid.id, grid)
+    return list(queries.values())
+
+
+def analysis_of(plan: Plan, query_id: str) -> str:
+    """The analysis a round-1 query belongs to (for refusals)."""
+    for query in round_one_queries(plan):
+        if query.id == query_id:
+            return query.analysis
+    raise KeyError(query_id)
