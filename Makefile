@@ -13,7 +13,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export MPLBACKEND = Agg
 
-.PHONY: setup demo test lint typecheck unit bench bench-smoke ui clean
+.PHONY: setup demo test test-fast lint typecheck unit bench bench-smoke ui clean
 
 setup: $(VENV)/.installed
 
@@ -39,7 +39,15 @@ typecheck: setup
 unit: setup
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# Lint, types and every test; prints the total time at the end.
+test: setup
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint typecheck unit; status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+
+# The inner loop: tests not marked slow (no Flower engine, Ray, processes, browser), no lint.
+test-fast: setup
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -m "not slow"; status=$$?; \
+	echo "make test-fast: $$(( $$(date +%s) - start )) s"; exit $$status
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

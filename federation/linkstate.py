@@ -7,6 +7,9 @@ each one's expiry), so one sweep costs sites x messages: at 1,000 sites a round 
 it in that scan. :class:`NodeIndexedLinkState` keeps, per node, the ids of its messages not yet
 handed out, in the order they were stored, and answers from those alone: the same messages in the
 same order, expiry checked the same way, in time proportional to what the node is owed.
+
+Both classes extend Flower's private in-memory classes and use their attributes; the list is in
+:mod:`federation.flower_internals` and its test.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from flwr.app import Message
-from flwr.server.superlink.linkstate import LinkState, LinkStateFactory
-from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
-from flwr.supercore.date import now
+
+from federation.flower_internals import (
+    FLWR_IN_MEMORY_DB_NAME,
+    InMemoryLinkState,
+    LinkState,
+    LinkStateFactory,
+    now,
+)
 
 
 class NodeIndexedLinkState(InMemoryLinkState):

@@ -13,10 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import Context, Message
-from flwr.clientapp.client_app import ClientApp, ClientAppException
-from flwr.common.constant import PARTITION_ID_KEY
-from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+from flwr.clientapp import ClientApp
 
+from federation.flower_internals import (
+    PARTITION_ID_KEY,
+    Backend,
+    BackendConfig,
+    ClientAppException,
+)
 from federation.workers import WorkerError, WorkerPool
 
 THREADS_PER_WORKER = 2

@@ -164,22 +164,7 @@ def _run_processes(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: i
         cpus, "federation.client_app:make_client_app", (paths,), "federation.client_app:warm_sites"
     )
     try:
-        from flwr.app import Context, RecordDict
-        from flwr.app.user_config import UserConfig
-        from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
-        from flwr.proto.task_pb2 import Task
-        from flwr.server.run_serverapp import run as run_serverapp
-        from flwr.server.superlink.fleet.vce import vce_api
-        from flwr.server.superlink.fleet.vce.metrics import VceMetrics
-        from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
-        from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-        from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-        from flwr.supercore.object_store import ObjectStoreFactory
-        from flwr.supercore.run import Run
-        from flwr.supercore.task_identity import TaskIdentity
-        from flwr.superlink.federation import NoOpFederationManager
-        from flwr.superlink.grid import InMemoryGrid
-
+        from federation import flower_internals as flower
         from federation.client_app import make_client_app
         from federation.linkstate import NodeIndexedLinkStateFactory
         from federation.process_backend import ProcessBackend
@@ -191,55 +176,27 @@ def _run_processes(plan: Plan, bundles: Sequence[Path], sink: list[Any], cpus: i
     pool = pending.result(START_SECONDS)
     runtime: threading.Thread | None = None
     try:
-        state_factory = NodeIndexedLinkStateFactory(
-            FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
-        )
-        run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
-        run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
-        run.federation_id = NOOP_FEDERATION_ID
-        TaskIdentity.task_id, TaskIdentity.run_id = 1, run.run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
-        state = state_factory.state()
-        state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]
-        state.task_store[run.primary_task_id] = Task(  # type: ignore[attr-defined]
-            task_id=run.primary_task_id, run_id=run.run_id
-        )
-        grid = InMemoryGrid(state_factory=state_factory, pull_interval=PULL_SECONDS)
-        grid.set_run(run)
-        nodes = vce_api._register_nodes(len(paths), state_factory)
-        stores = vce_api._register_node_info_stores(nodes, run, None)
-        context = Context(run.run_id, 0, UserConfig(), RecordDict(), UserConfig())
+        state_factory = flower.in_memory_state_factory(NodeIndexedLinkStateFactory)
+        run = flower.create_run(state_factory.state())
+        grid = flower.in_memory_grid(state_factory, run, PULL_SECONDS)
+        nodes, stores = flower.register_virtual_nodes(len(paths), state_factory, run)
         server_app = make_server_app(plan, expected_nodes=len(paths), sink=sink)
         client_app = make_client_app(paths)  # built in each worker; here for the interface
         stop = threading.Event()
-
-        def serve() -> None:
-            try:
-                run_serverapp(
-                    grid=grid, context=context, server_app_dir="", loaded_server_app=server_app
-                )
-            except BaseException as exc:  # e.g. a Flower error outside the ServerApp's own
-                sink.append(exc)
-            finally:
-                stop.set()
-
         backend = ProcessBackend(pool)
         runtime = threading.Thread(
-            target=vce_api.run_api,
-            args=(
-                lambda: client_app,
-                lambda: backend,
-                nodes,
-                state_factory,
-                stores,
-                stop,
-                VceMetrics(),
-            ),
+            target=flower.run_runtime,
+            args=(client_app, backend, nodes, state_factory, stores, stop),
             name="trialfed-simulation-runtime",
             daemon=True,
         )
         runtime.start()
-        serve()
+        try:
+            flower.serve(grid, run, server_app)
+        except BaseException as exc:  # e.g. a Flower error outside the ServerApp's own
+            sink.append(exc)
+        finally:
+            stop.set()
     finally:
         _wind_down(pool, runtime)
 

@@ -1,7 +1,7 @@
 """Real, shipped survival data sets written as trialfed site bundles, and pooled oracles.
 
 lifelines ships NCCTG lung (split by its real institution code ``inst``), GBSG2 and leukemia;
-the CDISC pilot lives in ../shared/data. Each becomes one ADaM-shaped bundle per site so that a
+the CDISC pilot is vendored in tests/data. Each becomes one ADaM-shaped bundle per site so that a
 federated run can be compared with lifelines/statsmodels fitted on the pooled rows.
 """
 

@@ -1,11 +1,14 @@
 """End to end: a tracked run, the MLflow UI on it (`start_ui`), and headless Chromium.
 
-The screenshots stay in tests/artifacts/ (gitignored) for a human to look at.
+The screenshots stay in tests/artifacts/ (gitignored) for a human to look at. Chromium is looked
+up when the test runs: without it the test fails, unless ``TRIALFED_ALLOW_NO_BROWSER=1`` says a
+machine without a browser is expected (then it skips, saying so).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -33,7 +36,22 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ALLOW_NO_BROWSER = "TRIALFED_ALLOW_NO_BROWSER"
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Path of the Chromium executable, looked up now (not when the module is collected)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get(ALLOW_NO_BROWSER) == "1":
+        pytest.skip(f"chromium is not installed and {ALLOW_NO_BROWSER}=1")
+    pytest.fail(
+        "chromium is not on PATH: install it (Debian: apt-get install chromium) or set "
+        f"{ALLOW_NO_BROWSER}=1 to skip the browser test",
+        pytrace=False,
+    )
 
 
 def _free_port() -> int:
@@ -47,10 +65,9 @@ def _get(url: str) -> tuple[int, str, bytes]:
         return resp.status, resp.headers.get_content_type(), resp.read()
 
 
-def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM is not None
+def _chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [
-        CHROMIUM,
+        chromium,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -67,9 +84,8 @@ def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_mlflow_ui_shows_run_plots_and_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chromium: str
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -105,17 +121,17 @@ def test_mlflow_ui_shows_run_plots_and_report(
             page = f"{base}/#/experiments/{exp_id}/runs/{run_id}"
             shot = ARTIFACTS / "mlflow_run.png"
             shot.unlink(missing_ok=True)
-            res = _chromium(tmp_path / "chrome", f"--screenshot={shot}", page)
+            res = _chromium(chromium, tmp_path / "chrome", f"--screenshot={shot}", page)
             assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
-            res = _chromium(tmp_path / "chrome", "--dump-dom", page)
+            res = _chromium(chromium, tmp_path / "chrome", "--dump-dom", page)
             assert STUDY_ID in res.stdout and "efficacy (ve)" in res.stdout, res.stdout[-2000:]
 
             art_page = f"{page}/artifacts/report.html"
             shot = ARTIFACTS / "mlflow_report.png"
             shot.unlink(missing_ok=True)
-            res = _chromium(tmp_path / "chrome", f"--screenshot={shot}", art_page)
+            res = _chromium(chromium, tmp_path / "chrome", f"--screenshot={shot}", art_page)
             assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
-            res = _chromium(tmp_path / "chrome", "--dump-dom", art_page)
+            res = _chromium(chromium, tmp_path / "chrome", "--dump-dom", art_page)
             # The UI renders report.html in a sandboxed iframe from a blob: of the served file.
             assert 'class="mlflow-html-iframe"' in res.stdout, res.stdout[-2000:]
             assert 'src="blob:' in res.stdout

@@ -119,8 +119,7 @@ def test_a_dead_worker_fails_its_job_and_is_replaced(pool: workers.WorkerPool) -
 def test_process_backend_reports_a_dead_worker_as_a_client_app_error(
     pool: workers.WorkerPool,
 ) -> None:
-    from flwr.clientapp.client_app import ClientAppException
-
+    from federation.flower_internals import ClientAppException
     from federation.process_backend import ProcessBackend
 
     backend = ProcessBackend(pool)

@@ -1,0 +1,183 @@
+"""Every Flower name outside Flower's public API that trialfed uses, in one module.
+
+Flower's public API (``flwr.app``, ``flwr.serverapp``, ``flwr.clientapp``, ``flwr.simulation``)
+keeps its names across releases; the names below are Flower's own plumbing and may move or
+change in any release. trialfed imports them here and nowhere else, and
+``tests/test_flower_internals.py`` imports each one and checks the signatures used, so a Flower
+upgrade fails there first, with the name that moved. Written against flwr 1.42.
+
+Names, what trialfed uses them for, and what breaks when they change:
+
+``ClientAppException`` (``flwr.clientapp.client_app``)
+    :class:`federation.process_backend.ProcessBackend` raises it when a site's worker dies, so
+    the runtime turns it into an error reply as it does for a failing ClientApp. Breaks: a dead
+    worker stops the runtime thread instead of failing one site's reply.
+``PARTITION_ID_KEY`` (``flwr.common.constant``)
+    The node-config key holding a virtual SuperNode's partition id: the backend maps it to the
+    site's worker. Breaks: every message fails with a KeyError in the backend.
+``SUPERLINK_NODE_ID`` (``flwr.common.constant``)
+    The ServerApp's node id in :class:`TaskIdentity`. Breaks: the LinkState refuses the
+    ServerApp's messages ("Invalid source node ID").
+``Backend``, ``BackendConfig`` (``flwr.server.superlink.fleet.vce.backend``)
+    The Simulation Runtime's backend interface that ``ProcessBackend`` implements (``build``,
+    ``num_workers``, ``is_worker_idle``, ``process_message``, ``terminate``). Breaks: the
+    runtime calls methods the backend does not have.
+``run_api``, ``_register_nodes``, ``_register_node_info_stores`` (``...fleet.vce.vce_api``)
+    The Simulation Runtime's loop (message extractor and worker threads) and its node set-up,
+    called as Flower's own ``start_vce`` calls them, with trialfed's backend. The two
+    registration helpers are private: no public function creates virtual nodes with their
+    partition ids and run contexts. Breaks: a TypeError or AttributeError at run start.
+``VceMetrics`` (``...fleet.vce.metrics``)
+    The metrics object ``run_api`` requires. Breaks: ``run_api``'s call.
+``run_serverapp`` (``flwr.server.run_serverapp.run``)
+    Runs a loaded ServerApp against a Grid, as ``run_simulation`` does. Breaks: the
+    ServerApp does not start.
+``LinkState``, ``LinkStateFactory``, ``InMemoryLinkState`` (``flwr.server.superlink.linkstate``)
+    The in-memory message store. :mod:`federation.linkstate` subclasses the last two and relies
+    on their attributes ``lock``, ``message_ins_store``, ``_check_stored_messages``,
+    ``state_instance``, ``_state_lock``, ``database``, ``federation_manager`` and
+    ``objectstore_factory`` (checked by the test). Breaks: messages are not delivered, or are
+    delivered twice. The run itself is created with the public ``LinkState.create_run``.
+``InMemoryGrid`` (``flwr.superlink.grid``)
+    The ServerApp's Grid over the in-memory LinkState. Breaks: the ServerApp cannot send.
+``NoOpFederationManager`` (``flwr.superlink.federation``), ``ObjectStoreFactory``
+(``flwr.supercore.object_store``), ``FLWR_IN_MEMORY_DB_NAME``, ``NOOP_FEDERATION_ID``,
+``TaskType`` (``flwr.supercore.constant``)
+    What a LinkStateFactory is built from and what a simulated run is registered under.
+    Breaks: the state cannot be built, or its nodes are not in the run's federation.
+``Run`` (``flwr.supercore.run``)
+    The run record the Grid and the node contexts carry.
+``TaskIdentity`` (``flwr.supercore.task_identity``)
+    Process-wide identity that ``Message(...)`` stamps on every message the ServerApp creates;
+    set before the ServerApp runs, as ``run_simulation`` does. Breaks: "TaskIdentity.run_id is
+    not set" on the first message.
+``now`` (``flwr.supercore.date``)
+    The timestamp Flower writes to ``delivered_at``; :mod:`federation.linkstate` writes the same.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import Context, RecordDict, UserConfig
+from flwr.clientapp import ClientApp
+from flwr.clientapp.client_app import ClientAppException
+from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID
+from flwr.server.run_serverapp import run as run_serverapp
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+from flwr.server.superlink.linkstate import LinkState, LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.serverapp import ServerApp
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
+from flwr.supercore.date import now
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+__all__ = [
+    "FLWR_IN_MEMORY_DB_NAME",
+    "NOOP_FEDERATION_ID",
+    "PARTITION_ID_KEY",
+    "SUPERLINK_NODE_ID",
+    "Backend",
+    "BackendConfig",
+    "ClientAppException",
+    "InMemoryGrid",
+    "InMemoryLinkState",
+    "LinkState",
+    "LinkStateFactory",
+    "NoOpFederationManager",
+    "ObjectStoreFactory",
+    "Run",
+    "TaskIdentity",
+    "TaskType",
+    "VceMetrics",
+    "create_run",
+    "in_memory_grid",
+    "in_memory_state_factory",
+    "now",
+    "register_virtual_nodes",
+    "run_runtime",
+    "run_serverapp",
+    "serve",
+    "vce_api",
+]
+
+
+def in_memory_state_factory(
+    factory: type[LinkStateFactory] = LinkStateFactory,
+) -> LinkStateFactory:
+    """An in-memory LinkState factory of class ``factory``, as ``run_simulation`` builds one."""
+    return factory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+
+
+def create_run(state: LinkState) -> Run:
+    """Register a run (and its primary task) in ``state``; set this process's task identity.
+
+    Uses the public ``LinkState.create_run``; Flower's ``run_simulation`` writes the run and
+    task records into the in-memory state's dictionaries instead.
+    """
+    run_id = state.create_run(
+        fab_id=None,
+        fab_version=None,
+        fab_hash=None,
+        override_config=UserConfig(),
+        federation_id=NOOP_FEDERATION_ID,
+        federation_config=None,
+        flwr_aid=None,
+        primary_task_type=TaskType.SERVER_APP,
+    )
+    if not run_id:
+        raise RuntimeError("Flower's LinkState did not create the simulation run")
+    (run,) = state.get_run_info(run_ids=[run_id])
+    if run.primary_task_id is None:
+        raise RuntimeError(f"Flower's run {run_id} has no primary task")
+    # Every Message the ServerApp builds is stamped with this identity.
+    TaskIdentity.task_id, TaskIdentity.run_id = run.primary_task_id, run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    return run
+
+
+def in_memory_grid(state_factory: LinkStateFactory, run: Run, pull_interval: float) -> InMemoryGrid:
+    """The ServerApp's Grid over ``state_factory``'s state, bound to ``run``."""
+    grid = InMemoryGrid(state_factory=state_factory, pull_interval=pull_interval)
+    grid.set_run(run)
+    return grid
+
+
+def register_virtual_nodes(
+    count: int, state_factory: LinkStateFactory, run: Run
+) -> tuple[dict[int, int], dict[int, Any]]:
+    """``count`` virtual SuperNodes: node id -> partition id, and their run-info stores.
+
+    Flower's private ``vce_api`` helpers: no public function does this (see the module notes).
+    """
+    nodes: dict[int, int] = vce_api._register_nodes(count, state_factory)
+    stores: dict[int, Any] = vce_api._register_node_info_stores(nodes, run, None)
+    return nodes, stores
+
+
+def run_runtime(
+    client_app: ClientApp,
+    backend: Backend,
+    nodes: dict[int, int],
+    state_factory: LinkStateFactory,
+    stores: dict[int, Any],
+    stop: threading.Event,
+) -> None:
+    """The Simulation Runtime's loop (``vce_api.run_api``) until ``stop`` is set."""
+    app_fn: Callable[[], ClientApp] = lambda: client_app  # noqa: E731
+    backend_fn: Callable[[], Backend] = lambda: backend  # noqa: E731
+    vce_api.run_api(app_fn, backend_fn, nodes, state_factory, stores, stop, VceMetrics())
+
+
+def serve(grid: InMemoryGrid, run: Run, server_app: ServerApp) -> None:
+    """Run the loaded ``server_app`` against ``grid`` in this thread, with an empty context."""
+    context = Context(run.run_id, 0, UserConfig(), RecordDict(), UserConfig())
+    run_serverapp(grid=grid, context=context, server_app_dir="", loaded_server_app=server_app)

@@ -1,0 +1,180 @@
+"""Flower's private names that trialfed uses: all still there, with the signatures relied on.
+
+A Flower upgrade that moves or reshapes one of them fails here, naming it, before a simulation
+fails in some less legible way. Also: no other module imports a private Flower name.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import threading
+from pathlib import Path
+
+import pytest
+
+from federation import flower_internals as flower
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLIC = ("flwr.app", "flwr.serverapp", "flwr.clientapp", "flwr.simulation")
+"""Flower's public API: these modules and the subpackages their ``__all__`` exports."""
+PUBLIC_SUBPACKAGES = ("flwr.serverapp.strategy", "flwr.clientapp.mod")
+
+
+def _parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_every_exposed_name_imports() -> None:
+    missing = [name for name in flower.__all__ if getattr(flower, name, None) is None]
+    assert not missing
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        (flower.vce_api._register_nodes, ["num_nodes", "state_factory"]),
+        (flower.vce_api._register_node_info_stores, ["nodes_mapping", "run", "app_dir"]),
+        (
+            flower.vce_api.run_api,
+            [
+                "app_fn",
+                "backend_fn",
+                "nodes_mapping",
+                "state_factory",
+                "node_info_stores",
+                "f_stop",
+                "metrics",
+            ],
+        ),
+        (
+            flower.run_serverapp,
+            ["grid", "context", "server_app_dir", "server_app_attr", "loaded_server_app"],
+        ),
+        (flower.InMemoryGrid.__init__, ["self", "state_factory", "pull_interval"]),
+        (
+            flower.LinkStateFactory.__init__,
+            ["self", "database", "federation_manager", "objectstore_factory"],
+        ),
+        (flower.Backend.__init__, ["self", "backend_config"]),
+        (flower.Backend.process_message, ["self", "message", "context"]),
+        (flower.Backend.build, ["self", "app_fn"]),
+        (flower.InMemoryLinkState.get_message_ins, ["self", "node_id", "limit", "run_id"]),
+        (flower.InMemoryLinkState.store_message_ins, ["self", "message"]),
+        (flower.InMemoryLinkState._check_stored_messages, ["self", "message_ids", "run_id"]),
+        (flower.Run.create_empty, ["run_id"]),
+    ],
+    ids=lambda value: getattr(value, "__qualname__", None) if callable(value) else "",
+)
+def test_signature(function: object, expected: list[str]) -> None:
+    assert _parameters(function) == expected
+
+
+def test_create_run_keywords() -> None:
+    """The public ``LinkState.create_run`` keywords :func:`flower.create_run` passes."""
+    used = {
+        "fab_id",
+        "fab_version",
+        "fab_hash",
+        "override_config",
+        "federation_id",
+        "federation_config",
+        "flwr_aid",
+        "primary_task_type",
+    }
+    assert used <= set(_parameters(flower.LinkState.create_run))
+    assert "run_ids" in _parameters(flower.LinkState.get_run_info)
+
+
+def test_backend_interface_is_what_process_backend_implements() -> None:
+    abstract = set(flower.Backend.__abstractmethods__)
+    assert abstract <= {"build", "num_workers", "is_worker_idle", "process_message", "terminate"}
+
+
+def test_the_in_memory_state_has_what_the_node_indexed_state_uses() -> None:
+    """A run, two virtual nodes and their contexts, built the way the simulation builds them."""
+    from federation.linkstate import NodeIndexedLinkState, NodeIndexedLinkStateFactory
+
+    factory = flower.in_memory_state_factory(NodeIndexedLinkStateFactory)
+    for attribute in ("state_instance", "_state_lock", "database", "objectstore_factory"):
+        assert hasattr(factory, attribute), attribute
+    state = factory.state()
+    assert isinstance(state, NodeIndexedLinkState)
+    for attribute in ("lock", "message_ins_store", "run_ids"):
+        assert hasattr(state, attribute), attribute
+
+    run = flower.create_run(state)
+    assert flower.TaskIdentity.run_id == run.run_id
+    assert run.federation_id == flower.NOOP_FEDERATION_ID
+    grid = flower.in_memory_grid(factory, run, 0.01)
+    assert grid.run.run_id == run.run_id
+    nodes, stores = flower.register_virtual_nodes(2, factory, run)
+    assert sorted(nodes.values()) == [0, 1] and set(stores) == set(nodes)
+    assert state.get_nodes(run.run_id) == set(nodes)
+    for node, partition in nodes.items():
+        context = stores[node].retrieve_context(run.run_id)
+        assert context.node_config[flower.PARTITION_ID_KEY] == partition
+
+
+def test_the_runtime_stops_when_told() -> None:
+    """``run_runtime`` with no messages returns once the stop event is set."""
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
+    factory = flower.in_memory_state_factory()
+    run = flower.create_run(factory.state())
+    nodes, stores = flower.register_virtual_nodes(1, factory, run)
+    stop = threading.Event()
+
+    class Idle(flower.Backend):
+        def __init__(self) -> None:
+            super().__init__({})
+
+        def build(self, app_fn: object) -> None:
+            """Nothing to build."""
+
+        @property
+        def num_workers(self) -> int:
+            return 1
+
+        def is_worker_idle(self) -> bool:
+            return True
+
+        def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+            raise AssertionError("no message was sent")
+
+        def terminate(self) -> None:
+            """Nothing to stop."""
+
+    thread = threading.Thread(
+        target=flower.run_runtime, args=(ClientApp(), Idle(), nodes, factory, stores, stop)
+    )
+    thread.start()
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def _flwr_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return [name for name in names if name == "flwr" or name.startswith("flwr.")]
+
+
+def test_no_other_module_imports_a_private_flower_name() -> None:
+    allowed = set(PUBLIC) | set(PUBLIC_SUBPACKAGES)
+    found = []
+    for folder in ("analysis", "sites", "federation", "experiments", "models", "tests"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if path == REPO / "federation" / "flower_internals.py":
+                continue
+            found += [
+                f"{path.relative_to(REPO)} imports {name}"
+                for name in _flwr_imports(path)
+                if name not in allowed
+            ]
+    assert not found, "import it through federation.flower_internals:\n" + "\n".join(found)
