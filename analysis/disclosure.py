@@ -57,7 +57,7 @@ def release_indices(table: EventTable, k: int) -> tuple[NDArray[np.intp], NDArra
     Events are released at every time where k more events have accrued since the last event
     release, censorings likewise at every k-th censoring: each released count is 0 or at least
     k. A remainder of fewer than k joins the last release of its kind; when a kind has no
-    release at all (fewer than k in the whole table), its rows are released at the last release
+    release at all (fewer than k in the whole table), its rows are released at the first release
     of the other kind, where their count is the table's size minus the other kind's released
     total (which the released counts already tell). None when neither kind reaches k (the whole
     table is withheld).
@@ -70,10 +70,12 @@ def release_indices(table: EventTable, k: int) -> tuple[NDArray[np.intp], NDArra
     censor_points = _points(table.n_censored, k)
     if not event_points and not censor_points:
         return None if table.n else (np.empty(0, np.intp), np.empty(0, np.intp))
-    last = max(event_points[-1:] + censor_points[-1:])
+    # a kind with no release of its own goes to the other kind's first release, where the risk
+    # set is largest: a few events placed late, where few remain at risk, would distort the
+    # curve most
     return (
-        _assign(table.n_event, event_points, censor_points[-1] if censor_points else last),
-        _assign(table.n_censored, censor_points, event_points[-1] if event_points else last),
+        _assign(table.n_event, event_points, (censor_points or event_points)[0]),
+        _assign(table.n_censored, censor_points, (event_points or censor_points)[0]),
     )
 
 

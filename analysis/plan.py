@@ -15,7 +15,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import tomli_w
@@ -144,8 +144,8 @@ def plan_from_tables(raw: Mapping[str, Any], source: str = "<code>", text: str =
         analyses.append(spec)
     if problems:
         raise UserError(f"{source}: invalid analysis plan:\n  - " + "\n  - ".join(problems))
-    plan = Plan(analyses=tuple(analyses), run=run, source=source, **study)
-    return plan if text else Plan(**{**plan.__dict__, "text": plan.to_toml()})
+    plan = Plan(analyses=tuple(analyses), run=run, source=source, text=text, **study)
+    return plan if text else replace(plan, text=plan.to_toml())
 
 
 def _parse_study(study: Any, problems: list[str]) -> dict[str, Any]:

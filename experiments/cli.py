@@ -38,6 +38,12 @@ def _cmd_site_audit(args: argparse.Namespace) -> int:
     return main_audit(args)
 
 
+def _cmd_site_approve(args: argparse.Namespace) -> int:
+    from experiments.site_approve import main_approve
+
+    return main_approve(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from experiments.launch import main_run
 
@@ -96,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run's results.json: the log must still hold the entry that run recorded",
     )
     audit.set_defaults(handler=_cmd_site_audit)
+    approve = site_sub.add_parser(
+        "approve", help="show what a plan would take from this site, then approve its hash"
+    )
+    approve.add_argument("bundle", type=Path, help="site bundle folder")
+    approve.add_argument("plan", type=Path, help="analysis plan (TOML)")
+    approve.add_argument("--dry-run", action="store_true", help="show only; do not approve")
+    approve.set_defaults(handler=_cmd_site_approve)
     keygen = site_sub.add_parser("keygen", help="create this site's authentication key pair")
     keygen.add_argument("--out", type=Path, required=True)
     keygen.set_defaults(handler=_cmd_deploy)

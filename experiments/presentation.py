@@ -58,7 +58,7 @@ def text_table(table: Table, indent: str = "  ") -> list[str]:
     """A fixed-width text rendering (console)."""
     header = [c.label for c in table.columns]
     body = cells(table)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
 
     def line(values: list[str]) -> str:
         parts = [

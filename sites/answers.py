@@ -73,7 +73,9 @@ class Work:
         }
 
 
-def read_plan(bundle: SiteBundle, request: Mapping[str, Any]) -> tuple[Plan, int, dict[str, Any]]:
+def read_plan(
+    bundle: SiteBundle, request: Mapping[str, Any], previewing: bool = False
+) -> tuple[Plan, int, dict[str, Any]]:
     """Parse and check the request's plan; the round number and state.
 
     Raises
@@ -97,7 +99,7 @@ def read_plan(bundle: SiteBundle, request: Mapping[str, Any]) -> tuple[Plan, int
             "plan",
             f"the plan's content hash is {plan.sha256}; the request claims {claimed!r}",
         )
-    if not bundle.rules.approves(plan.sha256):
+    if not previewing and not bundle.rules.approves(plan.sha256):
         raise Refusal(
             "approved_plans",
             f"site {bundle.site_id} has not approved plan {plan.sha256} (study "
@@ -135,9 +137,14 @@ def gate(bundle: SiteBundle, plan: Plan, analysis: str, work: Work) -> bool:
     return True
 
 
-def answer(bundle: SiteBundle, request: Mapping[str, Any], state_dir: Any) -> Work:
-    """Compute the answers a request derives (raises Refusal for a whole-request refusal)."""
-    plan, number, state = read_plan(bundle, request)
+def answer(
+    bundle: SiteBundle, request: Mapping[str, Any], state_dir: Any, previewing: bool = False
+) -> Work:
+    """Compute the answers a request derives (raises Refusal for a whole-request refusal).
+
+    ``previewing`` (``trialfed site approve``, nothing leaves) skips the approval check.
+    """
+    plan, number, state = read_plan(bundle, request, previewing)
     work = Work(plan, number)
     if number == 1:
         for query in round_one_queries(plan):

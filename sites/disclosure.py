@@ -11,8 +11,10 @@ With k = 0 the rules are off and every answer is exact. With k >= 2:
   (with complementary suppression, :func:`analysis.disclosure.suppress_cells`); event tables are
   released on a coarser time grid (:func:`analysis.disclosure.coarsen_table`), and Cox moments
   are computed on the same coarsened times, so a coordinator-chosen grid learns nothing finer;
-- **sums**: a Cox model is evaluated only over at least k subjects, with 0 or at least k events,
-  and every level of a categorical covariate held by at least k of them.
+- **sums**: a Cox model is evaluated only over at least k subjects, every level of a categorical
+  covariate and every stratum held by at least k of them, at coefficient vectors the plan's own
+  iteration can reach (:mod:`sites.evaluations`). Its event count may be below k: the site's
+  event table (a remainder at its last release) tells that count anyway.
 
 Each change is reported as a note ``{"rule", "change"}`` that the coordinator copies into
 results.json.
@@ -85,8 +87,8 @@ def variables_problem(
         reason = too_fine(np.bincount(codes, minlength=len(labels)), k)
         if reason:
             return "identifier", (
-                f"variable {name!r} may not group, stratify or enter a model as categories: "
-                f"{reason} (min_cell_count = {k})"
+                f"variable {name!r} is too fine at this site to group, stratify or enter a "
+                f"model as categories: {reason} (min_cell_count = {k})"
             )
     return None
 
@@ -184,8 +186,6 @@ def check_model_rows(
         return
     if data.n < k:
         raise Withheld("min_cell_count", f"model {model.id}: fewer than {k} subjects at this site")
-    if 0 < data.n_events < k:
-        raise Withheld("min_cell_count", f"model {model.id}: fewer than {k} events at this site")
     for name in [*levels, *model.strata]:
         if name in SITE_VARIABLES:
             continue

@@ -59,6 +59,7 @@ def test_sha256_is_the_content_not_the_text() -> None:
     # any change of content is a new plan
     assert plan.sha256 != parse_plan(text + "alpha = 0.1\n").sha256
     assert plan.sha256 != parse_plan(text.replace('"OS"', '"PFS"')).sha256
+    assert plan.text == text  # kept as written, for provenance
     # the canonical TOML parses back to the same plan
     again = parse_plan(plan.to_toml())
     assert again.sha256 == plan.sha256 and again.analyses == plan.analyses
