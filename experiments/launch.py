@@ -48,6 +48,8 @@ def build_results(plan: Plan, outcome: Any, engine: str, seconds: float) -> dict
             "seconds": seconds,
             "round_seconds": outcome.round_seconds,
             "versions": {"python": sys.version.split()[0], **package_versions()},
+            "refusals": getattr(outcome, "refusals", []),
+            "disclosure": getattr(outcome, "disclosure", []),
             "analyses": outcome.analyses,
         }
     )
