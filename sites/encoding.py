@@ -166,7 +166,9 @@ def hint(
 
     Candidates (:data:`HINT_ORDER`) that decode every sample are ranked by how much of their
     non-ASCII text falls in the scripts their language writes (kana and kanji for Japanese
-    encodings, Hangul for Korean ones), then by the site country's order.
+    encodings, Hangul for Korean ones), then by the site country's order: Korean bytes can read
+    as plausible kanji in EUC-JP, so the country decides between equally plausible readings,
+    and the message shows the others.
     """
     order = HINT_ORDER.get(country, HINT_ORDER[None])
     clean = []
@@ -184,14 +186,14 @@ def hint(
         )
     clean.sort()
     best = clean[0][2]
-    also = ", ".join(f"{c} ({_shown(offending, c)})" for _, _, c in clean[1:])
+    also = ", ".join(f"{c} ({_shown(offending, c)})" for score, _, c in clean[1:] if score <= -0.5)
     fix = (
         f"remove encoding from site.toml [site] (UTF-8 is the default) or re-encode {file}"
         if best == "utf-8"
         else f'declare encoding = "{best}" in site.toml [site], or re-encode {file} as UTF-8'
     )
-    more = f"; it also decodes as {also}, which reads less plausibly" if also else ""
-    return f"It decodes cleanly as {best}, which reads {_shown(offending, best)}: {fix}{more}."
+    more = f" (it also decodes as {also}: check which reading is right)" if also else ""
+    return f"It decodes cleanly as {best}, which reads {_shown(offending, best)}{more}: {fix}."
 
 
 def utf8_warning(data: bytes, encoding: str, file: str) -> str | None:

@@ -62,7 +62,8 @@ def test_structure(trial: SyntheticTrial) -> None:
     for site in trial.sites:
         rows = trial.adsl[site.id]
         assert re.fullmatch(rf"{site.country}\d\d", site.id)
-        assert (rows["SITEID"] == site.id).all() and (rows["COUNTRY"] == site.country).all()
+        assert (rows["SITEID"] == site.id).all()
+        assert (rows["COUNTRY"] == {"JP": "JPN", "KR": "KOR"}[site.country]).all()  # alpha-3
         assert rows["USUBJID"].str.fullmatch(rf"{studyid}-{site.id}-\d{{4}}").all()
         # Permuted blocks of 4 within site, in order of enrolment: 2 + 2 in every full block.
         arm = rows.sort_values("USUBJID")["TRT01PN"].to_numpy()
