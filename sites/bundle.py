@@ -367,9 +367,29 @@ def _read_xpt(path: Path) -> pd.DataFrame:
     """An XPT table with its character values as ``bytes`` (decoded by the caller, strictly)."""
     with pd.read_sas(path, format="xport", encoding=None, iterator=True) as reader:
         xport: Any = reader  # XportReader: nobs and columns are not in pandas-stubs
+        xport.nobs = xpt_records(path, xport.record_start, xport.record_length)
         if xport.nobs == 0:  # pandas raises StopIteration on a header-only file
             return pd.DataFrame(columns=[text(c) for c in xport.columns])
         return reader.read()
+
+
+def xpt_records(path: Path, start: int, length: int) -> int:
+    """Observations in an XPT file whose records (``length`` bytes each) begin at ``start``.
+
+    The file is padded with blanks to a multiple of 80 bytes, so records that lie within the
+    last 80 bytes and are all blanks are padding. (pandas counts every 8 aligned blanks in the
+    last 80 bytes as padding, and so drops the last subject when the last record holds them,
+    e.g. a short value in a wide text column.)
+    """
+    total = path.stat().st_size - start
+    count = total // length if length else 0
+    with path.open("rb") as handle:
+        while count > 0 and (count - 1) * length > total - 80:
+            handle.seek(start + (count - 1) * length)
+            if handle.read(length).strip(b" "):
+                break
+            count -= 1
+    return count
 
 
 def _binary_columns(path: Path) -> list[str]:

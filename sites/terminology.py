@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from analysis.terminology import (
     MISSING_LEVEL,
+    level_key,
     nfkc,
     outside_levels,
     show_levels,
@@ -176,7 +177,7 @@ def level_warnings(
             for v in found[:MAX_LINES_PER_RULE]
         )
         more = f", and {len(found) - MAX_LINES_PER_RULE} more" if len(found) > 5 else ""
-        example = f'[{variable}] "{found[0]}" = "{expected[0]}"'
+        example = f'[{variable}] "{found[0]}" = "{_closest(str(found[0]), expected)}"'
         where = "in its terminology.toml" if has_mapping else "in a terminology.toml"
         warnings.append(
             f"{file}: column {variable}: {len(found)} value(s) outside the study's levels: "
@@ -184,6 +185,12 @@ def level_warnings(
             f"{where} (e.g. {example}), or the run stops in round 1"
         )
     return warnings
+
+
+def _closest(value: str, levels: Sequence[str]) -> str:
+    """The level ``value`` differs from only in case or width, else a placeholder."""
+    matches = [level for level in levels if level_key(level) == level_key(value)]
+    return matches[0] if matches else "<study level>"
 
 
 def site_level_sets(bundle: SiteBundle, variables: Iterable[str]) -> dict[str, set[str]]:
