@@ -8,6 +8,7 @@ against pandas' own XPT reader decoding the same encoding.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -21,7 +22,7 @@ from sites.bundle import load_bundle, read_table
 from sites.encoding import canonical_encoding, csv_position, decode_csv
 from tests.cdisc import toy_tables
 
-LOCAL = {
+LOCAL: dict[str, dict[str, Any]] = {
     "JP": {"TRT01P": ("プラセボ", "実薬"), "SEX": ("女", "男"), "RACE": "アジア人"},
     "KR": {"TRT01P": ("위약", "시험약"), "SEX": ("여", "남"), "RACE": "아시아인"},
 }
