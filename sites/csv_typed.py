@@ -37,6 +37,7 @@ import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
 from sites.normalise import (
+    ASCII_COLUMNS,
     MISSING_TOKENS,
     WHITESPACE,
     categorical,
@@ -77,6 +78,7 @@ def read_csv_typed(path: Path | bytes, block_bytes: int = BLOCK_BYTES) -> pd.Dat
     upper = [text(original).upper() for original in names]
     pieces: list[list[NDArray[Any]]] = [[] for _ in names]
     as_text: set[int] = set()  # columns some cell of which needs float()'s own rules
+    non_ascii: set[int] = set()  # character columns with a byte outside ASCII
     distinct: set[int] = set()  # text columns of mostly distinct values (USUBJID): not shared
     rows = 0
     try:
@@ -91,6 +93,8 @@ def read_csv_typed(path: Path | bytes, block_bytes: int = BLOCK_BYTES) -> pd.Dat
                 if is_character(name):
                     if not pieces[position] and _mostly_distinct(cells):
                         distinct.add(position)
+                    if position not in non_ascii and not _ascii(cells):
+                        non_ascii.add(position)
                     shared = position not in distinct
                     pieces[position].append(_stripped(cells, shared, code=is_code(name)))
                 elif position not in as_text:
@@ -115,7 +119,10 @@ def read_csv_typed(path: Path | bytes, block_bytes: int = BLOCK_BYTES) -> pd.Dat
             columns[name] = exact_zeros(_joined(pieces[position]))
         pieces[position] = []
     pa.default_memory_pool().release_unused()  # the allocator keeps freed blocks otherwise
-    return pd.DataFrame(columns, copy=False)  # copy=False: no second, consolidated copy
+    frame = pd.DataFrame(columns, copy=False)  # copy=False: no second, consolidated copy
+    ascii_text = [n for p, n in enumerate(upper) if is_character(n) and p not in non_ascii]
+    frame.attrs[ASCII_COLUMNS] = ascii_text  # spares later checks a pass over every cell
+    return frame
 
 
 def _options(names: list[str], include: list[str] | None = None) -> dict[str, Any]:
@@ -192,6 +199,16 @@ def _stripped(cells: pa.Array, shared: bool = True, code: bool = False) -> NDArr
         distinct = nfkc_cells(distinct)
     out: NDArray[np.object_] = distinct[encoded.indices.to_numpy(zero_copy_only=False)]
     return out
+
+
+def _ascii(cells: pa.Array) -> bool:
+    """True when every byte of a string array's cells is ASCII (one pass over its buffer)."""
+    _, offsets_buffer, data = cells.buffers()
+    if data is None:
+        return True
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
+    start, end = offsets[cells.offset], offsets[cells.offset + len(cells)]
+    return bool(start == end or np.frombuffer(data, np.uint8, end - start, start).max() < 0x80)
 
 
 def _numbers(cells: pa.Array) -> NDArray[np.float64] | None:

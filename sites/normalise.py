@@ -49,6 +49,8 @@ WHITESPACE = (
 
 _CHARACTER_PATTERN = re.compile(r"(ID|FL|DTC|GR\d+)$")
 _CODE_PATTERN = re.compile(r"(ID|CD|DTC|DTM|DT|TM)$")
+ASCII_COLUMNS = "trialfed_ascii_columns"
+"""``DataFrame.attrs`` key: text columns a reader found to be all ASCII (may be absent)."""
 ZERO_ATOL = 1e-70
 """Numbers this close to zero are zero (XPT's smallest IBM float is 5.4e-79)."""
 

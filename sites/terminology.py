@@ -45,7 +45,7 @@ from analysis.terminology import (
     suggestion,
 )
 from sites.check import MAX_LINES_PER_RULE, by_value
-from sites.normalise import is_code
+from sites.normalise import ASCII_COLUMNS, is_code
 
 if TYPE_CHECKING:  # sites.bundle imports this module
     from sites.bundle import SiteBundle
@@ -129,15 +129,22 @@ def apply_terminology(
         if hits:
             mapped[name] = hits
             changed[name] = final[codes]
-    return (frame.assign(**changed) if changed else frame), mapped
+    if not changed:
+        return frame, mapped
+    out = frame.assign(**changed)
+    ascii_text = out.attrs.get(ASCII_COLUMNS)
+    if ascii_text is not None:  # mapped values may not be ASCII
+        out.attrs[ASCII_COLUMNS] = [n for n in ascii_text if n not in changed]
+    return out, mapped
 
 
 def width_warnings(frame: pd.DataFrame, file: str) -> list[str]:
     """Identifiers and codes whose NFKC form differs, with rows, column and the NFKC form."""
     warnings: list[str] = []
+    known = set(frame.attrs.get(ASCII_COLUMNS, ()))  # the CSV reader saw these bytes already
     for name in frame.columns:
         cells = frame[name].to_numpy()
-        if cells.dtype != object or not is_code(str(name)) or _ascii(cells):
+        if cells.dtype != object or not is_code(str(name)) or name in known or _ascii(cells):
             continue
         odd = [isinstance(c, str) and nfkc(c) != c for c in cells]
         if any(odd):
@@ -167,10 +174,11 @@ def level_warnings(
     for variable, expected in levels.items():
         if variable not in frame or frame[variable].dtype != object:
             continue
-        counts = frame[variable].value_counts(sort=False)
-        unknown = set(outside_levels(variable, (str(v) for v in counts.index), expected))
+        distinct = pd.unique(frame[variable])
+        unknown = set(outside_levels(variable, (str(v) for v in distinct), expected))
         if not unknown:
             continue
+        counts = frame[variable].value_counts(sort=False)
         found = sorted((v for v in counts.index if nfkc(str(v)) in unknown), key=str)
         shown = ", ".join(
             f"{v!r} ({int(counts[v])} rows){suggestion(v, expected)}"
