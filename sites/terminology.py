@@ -181,7 +181,7 @@ def level_warnings(
         counts = frame[variable].value_counts(sort=False)
         found = sorted((v for v in counts.index if nfkc(str(v)) in unknown), key=str)
         shown = ", ".join(
-            f"{v!r} ({int(counts[v])} rows){suggestion(v, expected)}"
+            f"{v!r} ({_rows(int(counts[v]))}){suggestion(v, expected)}"
             for v in found[:MAX_LINES_PER_RULE]
         )
         more = f", and {len(found) - MAX_LINES_PER_RULE} more" if len(found) > 5 else ""
@@ -193,6 +193,10 @@ def level_warnings(
             f"{where} (e.g. {example}), or the run stops in round 1"
         )
     return warnings
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _closest(value: str, levels: Sequence[str]) -> str:

@@ -201,7 +201,7 @@ def test_plan_levels_decide_what_site_check_reports(tmp_path: Path) -> None:
     levels = parse_study_levels({"AGEGR1": ["<65", ">=65"]}, [])
     warnings = load_bundle(folder, levels).warnings
     assert len(warnings) == 1 and "column AGEGR1: 1 value(s) outside" in warnings[0]
-    assert "'65+' (1 rows)" in warnings[0]
+    assert "'65+' (1 row)" in warnings[0]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "xpt", "parquet"])
