@@ -18,6 +18,7 @@ from analysis.terminology import (
     nfkc,
     parse_study_levels,
 )
+from experiments.cli import build_parser, main
 from sites.bundle import _read_csv, load_bundle
 from sites.cache import bundle_key
 from sites.csv_typed import read_csv_typed
@@ -278,3 +279,44 @@ def test_the_cache_key_covers_terminology_toml(tmp_path: Path) -> None:
     before = bundle_key(folder)
     (folder / "terminology.toml").write_text(TERMS.replace('"F"', '"U"'), encoding="utf-8")
     assert bundle_key(folder) != before
+
+
+def test_site_check_reports_encoding_mapping_and_plan_levels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adsl = _local()
+    adsl["AGEGR1"] = ["<65"] * 11 + ["65+"]
+    folder = _bundle(tmp_path / "b", adsl, TERMS)
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[study]\nid = "T"\n\n[levels]\nAGEGR1 = ["<65", ">=65"]\n', encoding="utf-8")
+    assert main(["site", "check", str(folder), "--plan", str(plan)]) == 0
+    out, err = capsys.readouterr()
+    assert "text encoding: utf-8\n" in out
+    assert "terminology: terminology.toml\n" in out
+    assert "  SEX: '男' -> 'M' (6 rows), '女' -> 'F' (6 rows)" in out
+    assert "  RACE: 'アジア人' -> 'ASIAN' (11 rows)" in out
+    assert "valid: yes, 1 warning(s)" in out
+    assert "column AGEGR1: 1 value(s) outside the study's levels: '65+' (1 row)" in err
+    assert main(["site", "check", str(folder)]) == 0  # CDISC defaults: AGEGR1 is not checked
+    assert "no warnings" in capsys.readouterr().out
+    plan.write_text('[levels]\nAGEGR1 = "<65"\n', encoding="utf-8")
+    assert main(["site", "check", str(folder), "--plan", str(plan)]) == 2
+    assert "[levels] AGEGR1 must be a non-empty list of strings" in capsys.readouterr().err
+
+
+def test_synth_command_line_takes_encodings_and_local_terms(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        [
+            "synth",
+            "--out",
+            str(tmp_path),
+            "--encoding",
+            "cp932",
+            "--encoding",
+            "KR=euc_kr",
+            "--local-terms",
+        ]
+    )
+    assert args.encoding == ["cp932", "KR=euc_kr"] and args.local_terms is True
+    defaults = build_parser().parse_args(["synth", "--out", str(tmp_path)])
+    assert defaults.encoding is None and defaults.local_terms is False
