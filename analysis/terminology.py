@@ -228,7 +228,7 @@ def _spellings(variable: str, per_site: Mapping[str, Mapping[str, Iterable[str]]
             if spelling != MISSING_LEVEL:
                 written.setdefault(level_key(spelling), {}).setdefault(spelling, set()).add(site)
     problems = []
-    for spellings in written.values():
+    for _, spellings in sorted(written.items()):
         if len(spellings) > 1:
             shown = " and ".join(
                 f"{s!r} ({', '.join(sorted(sites))})" for s, sites in sorted(spellings.items())

@@ -37,7 +37,6 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from analysis.terminology import (
-    MISSING_LEVEL,
     level_key,
     nfkc,
     outside_levels,
@@ -53,10 +52,11 @@ if TYPE_CHECKING:  # sites.bundle imports this module
 TERMINOLOGY_FILE = "terminology.toml"
 """The optional mapping of local values to study levels, in the bundle folder."""
 _VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
-Mapping2 = dict[str, dict[str, str]]
+Terms = dict[str, dict[str, str]]
+"""Variable -> local value -> study level."""
 
 
-def read_terminology(path: Path) -> tuple[Mapping2, list[str]]:
+def read_terminology(path: Path) -> tuple[Terms, list[str]]:
     """Parse ``terminology.toml``; return ``{VARIABLE: {local: study level}}`` and its problems.
 
     A missing file is an empty mapping. Keys and values are NFKC-normalised.
@@ -68,7 +68,7 @@ def read_terminology(path: Path) -> tuple[Mapping2, list[str]]:
             document = tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return {}, [f"{path.name}: TOML syntax error (the file must be UTF-8): {exc}"]
-    mapping: Mapping2 = {}
+    mapping: Terms = {}
     problems: list[str] = []
     for variable, table in document.items():
         where = f"{path.name}: [{variable}]"
@@ -230,15 +230,3 @@ def _ascii(cells: NDArray[Any]) -> bool:
         return all(map(str.isascii, cells))
     except TypeError:  # a cell that is not a str
         return False
-
-
-__all__ = [
-    "MISSING_LEVEL",
-    "TERMINOLOGY_FILE",
-    "apply_terminology",
-    "is_code",
-    "level_warnings",
-    "read_terminology",
-    "site_level_sets",
-    "width_warnings",
-]
