@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="the sites' policy min_cell_count (default 5; 0 = exact answers, no disclosure rules)",
     )
+    synth.add_argument(
+        "--encoding",
+        action="append",
+        metavar="[SITE=]ENC",
+        help="write CSV/XPT text in ENC (shift_jis, cp932, euc_jp, cp949, euc_kr, latin-1) and "
+        "declare it in site.toml; a Japanese or Korean ENC applies to that country's sites, "
+        "JP=ENC or JP01=ENC to a country or site (repeatable)",
+    )
+    synth.add_argument(
+        "--local-terms",
+        action="store_true",
+        help="write SEX and RACE in the site's language (男, 아시아인) with a terminology.toml",
+    )
     synth.set_defaults(handler=_cmd_synth)
 
     site = sub.add_parser("site", help="commands run at a hospital site")
@@ -90,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = site_sub.add_parser("check", help="validate a site bundle and print a short report")
     check.add_argument("bundle", type=Path, help="site bundle folder (holds site.toml)")
     check.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    check.add_argument(
+        "--plan",
+        type=Path,
+        default=None,
+        help="analysis plan whose [levels] the values are checked against (default: CDISC CT)",
+    )
     check.set_defaults(handler=_cmd_site_check)
     audit = site_sub.add_parser("audit", help="verify the hash chain of the site's audit log")
     audit.add_argument("bundle", type=Path, help="site bundle folder")

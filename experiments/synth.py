@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -32,6 +33,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import UserError
+from analysis.iso3166 import ALPHA2_TO_ALPHA3
+from experiments import synth_local
+from sites.encoding import DEFAULT_ENCODING
+from sites.terminology import TERMINOLOGY_FILE
 
 DESIGNS = ("vaccine", "drug")
 FORMATS = ("xpt", "csv", "parquet")
@@ -250,7 +255,7 @@ def _simulate_site(
             "USUBJID": usubjid,
             "SUBJID": subjid,
             "SITEID": info.id,
-            "COUNTRY": info.country,
+            "COUNTRY": ALPHA2_TO_ALPHA3[info.country],  # ADaM: ISO 3166 alpha-3
             "AGE": age,
             "AGEU": "YEARS",
             "AGEGR1": np.where(age < 65, cfg["age_groups"][0], cfg["age_groups"][1]),
@@ -424,38 +429,46 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _site_toml(info: SiteInfo, min_cell_count: int) -> str:
+def _site_toml(info: SiteInfo, min_cell_count: int, encoding: str = DEFAULT_ENCODING) -> str:
     analyses = ", ".join(_toml_str(a) for a in ("summary", "km", "logrank", "cox", "ve"))
+    declared = f"encoding = {_toml_str(encoding)}\n" if encoding != DEFAULT_ENCODING else ""
     return (
         "# Synthetic site bundle written by `trialfed synth`.\n"
         f"[site]\nid = {_toml_str(info.id)}\nname = {_toml_str(info.name)}\n"
-        f"country = {_toml_str(info.country)}\n\n"
-        '# What leaves this site (docs/design.md, "Site policy").\n'
+        f"country = {_toml_str(info.country)}\n{declared}\n"
+        '# What leaves this site (docs/design.md, "Site trust").\n'
         f"[policy]\nmin_cell_count = {min_cell_count}\nallowed_analyses = [{analyses}]\n"
         'publish_site_estimates = true\napproved_plans = "any"\n'
     )
 
 
-def _write_frame(df: pd.DataFrame, path: Path, fmt: str, table: str) -> None:
+def _write_frame(
+    df: pd.DataFrame, path: Path, fmt: str, table: str, encoding: str, site: str
+) -> None:
+    xpt_options: dict[str, Any] = {
+        "table_name": table,
+        "column_labels": {c: LABELS[c] for c in df.columns},
+        "variable_format": {c: "DATE9." for c in _DATES if c in df.columns},
+    }
     if fmt == "csv":
-        df.to_csv(path, index=False)
+        synth_local.write_csv(df, path, encoding, site)
     elif fmt == "parquet":
         df.to_parquet(path, index=False)
+    elif encoding != DEFAULT_ENCODING:
+        synth_local.write_xpt(df, path, encoding, site, **xpt_options)
     else:
         import pyreadstat
 
-        pyreadstat.write_xport(
-            df,
-            path,
-            file_format_version=5,
-            table_name=table,
-            column_labels={c: LABELS[c] for c in df.columns},
-            variable_format={c: "DATE9." for c in _DATES if c in df.columns},
-        )
+        pyreadstat.write_xport(df, path, file_format_version=5, **xpt_options)
 
 
 def write_trial(
-    trial: SyntheticTrial, out_dir: str | Path, fmt: str = "xpt", min_cell_count: int = 5
+    trial: SyntheticTrial,
+    out_dir: str | Path,
+    fmt: str = "xpt",
+    min_cell_count: int = 5,
+    encodings: Mapping[str, str] | None = None,
+    local_terms: bool = False,
 ) -> list[Path]:
     """Write ``OUT/sites/<site_id>/{site.toml, adsl.<fmt>, adtte.<fmt>}`` and ``OUT/truth.json``.
 
@@ -465,6 +478,19 @@ def write_trial(
 
     Dataset files of other formats left in a site folder by an earlier run are removed, so that
     each bundle holds exactly one ``adsl.*`` and one ``adtte.*``.
+
+    Parameters
+    ----------
+    trial : SyntheticTrial
+    out_dir : str or Path
+    fmt : {'xpt', 'csv', 'parquet'}
+    encodings : mapping of str to str, optional
+        Site id, country code or ``"*"`` -> the encoding of that site's CSV or XPT text
+        (:func:`experiments.synth_local.parse_encodings`), declared in its ``site.toml``.
+        Default: UTF-8 everywhere. Parquet text is always UTF-8.
+    local_terms : bool
+        Write SEX and RACE as Japanese and Korean sites write them (``男``, ``아시아인``), with a
+        ``terminology.toml`` mapping them to the CDISC levels.
 
     Returns
     -------
@@ -478,6 +504,9 @@ def write_trial(
     """
     if fmt not in FORMATS:
         raise UserError(f"fmt must be one of {set(FORMATS)}; got {fmt!r}")
+    encodings = dict(encodings or {})
+    if fmt == "parquet" and set(encodings.values()) - {DEFAULT_ENCODING}:
+        raise UserError("encodings apply to csv and xpt; Parquet text is always UTF-8")
     out = Path(out_dir)
     ids = {s.id for s in trial.sites}
     if (out / "sites").is_dir():
@@ -493,11 +522,21 @@ def write_trial(
         folder.mkdir(parents=True, exist_ok=True)
         for old in (folder / f"{d}.{f}" for d in ("adsl", "adtte") for f in FORMATS if f != fmt):
             old.unlink(missing_ok=True)
-        (folder / "site.toml").write_text(_site_toml(info, min_cell_count), encoding="utf-8")
+        encoding = synth_local.site_encoding(encodings, info.id, info.country)
+        site_toml = _site_toml(info, min_cell_count, encoding)
+        (folder / "site.toml").write_text(site_toml, encoding="utf-8")
         written.append(folder / "site.toml")
+        terms = folder / TERMINOLOGY_FILE
+        terms.unlink(missing_ok=True)
+        mapping = synth_local.terminology_toml(info.country) if local_terms else None
+        if mapping is not None:
+            terms.write_text(mapping, encoding="utf-8")
+            written.append(terms)
         for table, frames in (("ADSL", trial.adsl), ("ADTTE", trial.adtte)):
             path = folder / f"{table.lower()}.{fmt}"
-            _write_frame(frames[info.id], path, fmt, table)
+            frame = frames[info.id]
+            frame = synth_local.localise(frame, info.country) if local_terms else frame
+            _write_frame(frame, path, fmt, table, encoding, info.id)
             written.append(path)
     truth = out / "truth.json"
     truth.write_text(json.dumps(trial.truth, indent=2) + "\n", encoding="utf-8")
@@ -509,7 +548,10 @@ def main_synth(args: argparse.Namespace) -> int:
     """``trialfed synth``: generate a trial, write its bundles and print a short summary."""
     trial = generate_trial(args.design, args.subjects, args.sites, args.seed)
     fmt = getattr(args, "format", "xpt")
-    paths = write_trial(trial, args.out, fmt, getattr(args, "min_cell_count", 5))
+    encodings = synth_local.parse_encodings(getattr(args, "encoding", None) or [])
+    local_terms = bool(getattr(args, "local_terms", False))
+    k = getattr(args, "min_cell_count", 5)
+    paths = write_trial(trial, args.out, fmt, k, encodings, local_terms)
     countries = sorted({s.country for s in trial.sites})
     per_country = ", ".join(f"{c} {sum(s.country == c for s in trial.sites)}" for c in countries)
     print(
@@ -519,5 +561,9 @@ def main_synth(args: argparse.Namespace) -> int:
     for paramcd, counts in trial.truth["events"].items():
         arms = ", ".join(f"{arm} {k}" for arm, k in counts.items())
         print(f"  {paramcd} events: {arms} (true HR {trial.truth['endpoints'][paramcd]['hr']:.3g})")
+    if encodings or local_terms:
+        text = ", ".join(f"{k}: {v}" for k, v in sorted(encodings.items())) or "UTF-8"
+        terms = "; local SEX/RACE terms with terminology.toml" if local_terms else ""
+        print(f"  text: {text}{terms}")
     print(f"  truth: {paths[-1]}")
     return 0

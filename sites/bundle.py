@@ -7,13 +7,16 @@ any problem raises :class:`analysis.errors.UserError` listing all of them, so no
 site whose data are wrong.
 
 Normalisation rules: :mod:`sites.normalise`. CSV files are read by :mod:`sites.csv_typed` where
-it gives the same table, else as text cells.
+it gives the same table, else as text cells. Text is UTF-8 unless ``site.toml [site] encoding``
+declares another, and is decoded strictly (:mod:`sites.encoding`); the optional
+``terminology.toml`` then maps local values to the study's levels (:mod:`sites.terminology`).
 """
 
 from __future__ import annotations
 
+import io
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,12 +24,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from analysis.data import SurvivalData, read_only
 from analysis.errors import UserError
-from sites import check
+from analysis.terminology import default_study_levels
+from sites import check, terminology
 from sites.csv_typed import read_csv_typed
+from sites.encoding import (
+    DEFAULT_ENCODING,
+    canonical_encoding,
+    decode_csv,
+    decode_frame,
+    utf8_warning,
+)
 from sites.normalise import normalise, text, to_numbers
 from sites.policy import SitePolicy, parse_policy
 
@@ -41,7 +54,8 @@ class SiteBundle:
     Attributes
     ----------
     site_id, name, country : str
-        From the ``[site]`` table of ``site.toml``; ``country`` is an ISO 3166 alpha-2 code.
+        From the ``[site]`` table of ``site.toml``; ``country`` is the ISO 3166 alpha-2 code
+        (``site.toml`` may give the alpha-3 one: ``JPN`` is reported as ``JP``).
     policy : dict
         The ``[policy]`` table as written, validated by :func:`sites.policy.parse_policy`
         (empty when absent: the defaults apply); :attr:`rules` is the parsed policy.
@@ -52,7 +66,14 @@ class SiteBundle:
     warnings : list of str
         Problems that do not stop the analysis (small arms, subjects without ADTTE rows, ...).
     files : mapping of str to Path
-        The files read, under the keys ``"site"``, ``"adsl"`` and ``"adtte"``.
+        The files read, under the keys ``"site"``, ``"adsl"``, ``"adtte"`` and, when the bundle
+        has one, ``"terminology"``.
+    encoding : str
+        The text encoding the tables were read in (``site.toml [site] encoding``, else UTF-8).
+    terminology : dict
+        The site's ``terminology.toml``: variable -> local value -> study level.
+    mapped : dict
+        Variable -> local value -> rows that the terminology mapped (ADSL and ADTTE together).
     """
 
     site_id: str
@@ -64,6 +85,9 @@ class SiteBundle:
     adtte: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     files: Mapping[str, Path] = field(default_factory=dict)
+    encoding: str = DEFAULT_ENCODING
+    terminology: dict[str, dict[str, str]] = field(default_factory=dict)
+    mapped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @cached_property
     def rules(self) -> SitePolicy:
@@ -138,14 +162,25 @@ def _repeated(value: str, n: int) -> NDArray[np.object_]:
     return out
 
 
-def load_bundle(path: str | Path) -> SiteBundle:
+def load_bundle(
+    path: str | Path, study_levels: Mapping[str, Sequence[str]] | None = None
+) -> SiteBundle:
     """Read, normalise and validate the site bundle in folder ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The bundle folder.
+    study_levels : mapping, optional
+        The study's levels (:func:`analysis.terminology.parse_study_levels`) that values are
+        checked against for the warnings; default the CDISC controlled terminology.
 
     Raises
     ------
     UserError
-        When the folder, ``site.toml`` or either table is missing, unreadable or breaks a rule
-        of :mod:`sites.check`; the message lists every problem found (file, column, rows, value).
+        When the folder, ``site.toml``, ``terminology.toml`` or either table is missing,
+        unreadable, not in the declared encoding or breaks a rule of :mod:`sites.check`; the
+        message lists every problem found (file, column, rows, value).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -154,14 +189,27 @@ def load_bundle(path: str | Path) -> SiteBundle:
     site, toml_problems = read_site_toml(folder / "site.toml")
     problems += toml_problems
     country = site.get("country") if not toml_problems else None
+    encoding = site.get("encoding", DEFAULT_ENCODING)
+    terms_file = folder / terminology.TERMINOLOGY_FILE
+    terms, term_problems = terminology.read_terminology(terms_file)
+    problems += term_problems
 
+    read_warnings: list[str] = []
     tables: dict[str, tuple[Path, pd.DataFrame]] = {}
+    mapped: dict[str, dict[str, int]] = {}
     for dataset in ("adsl", "adtte"):
         try:
             file = find_dataset(folder, dataset)
-            tables[dataset] = (file, read_table(file))
+            frame = read_table(file, encoding, country, read_warnings)
         except UserError as exc:
             problems.append(str(exc))
+            continue
+        frame, counts = terminology.apply_terminology(frame, terms)
+        for variable, hits in counts.items():
+            into = mapped.setdefault(variable, {})
+            for value, rows in hits.items():
+                into[value] = into.get(value, 0) + rows
+        tables[dataset] = (file, frame)
     if "adsl" in tables:
         file, frame = tables["adsl"]
         problems += check.check_adsl(frame, file.name, country=country)
@@ -178,22 +226,34 @@ def load_bundle(path: str | Path) -> SiteBundle:
     for frame, columns in ((adsl, ["AGE"]), (adtte, ["AVAL", "CNSR"])):
         for column in columns:
             frame[column] = to_numbers(frame[column])[0]
+    levels = default_study_levels() if study_levels is None else study_levels
     warnings = check.site_warnings(adsl, adtte, adsl_file.name, adtte_file.name)
+    warnings += read_warnings
+    for file, frame in ((adsl_file, adsl), (adtte_file, adtte)):
+        warnings += terminology.width_warnings(frame, file.name)
+    warnings += terminology.level_warnings(adsl, adsl_file.name, levels, bool(terms))
+    files = {"site": folder / "site.toml", "adsl": adsl_file, "adtte": adtte_file}
+    if terms_file.is_file():
+        files["terminology"] = terms_file
     return SiteBundle(
         site_id=site["id"],
         name=site["name"],
-        country=site["country"],
+        country=check.site_country(site["country"]),
         policy=site["policy"],
         path=folder,
         adsl=adsl,
         adtte=adtte,
         warnings=warnings,
-        files={"site": folder / "site.toml", "adsl": adsl_file, "adtte": adtte_file},
+        files=files,
+        encoding=encoding,
+        terminology=terms,
+        mapped=mapped,
     )
 
 
 def read_site_toml(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """Parse ``site.toml``; return ``{"id", "name", "country", "policy"}`` and its problems."""
+    """Parse ``site.toml``; return ``{"id", "name", "country", "encoding", "policy"}`` and its
+    problems (``encoding`` is the canonical codec name, UTF-8 when none is declared)."""
     if not path.is_file():
         return {}, [f"{path.name}: file not found in {path.parent}"]
     try:
@@ -211,6 +271,7 @@ def read_site_toml(path: Path) -> tuple[dict[str, Any], list[str]]:
         "id": site["id"],
         "name": site["name"],
         "country": site["country"],
+        "encoding": canonical_encoding(site.get("encoding", DEFAULT_ENCODING)),
         "policy": policy,
     }, []
 
@@ -232,39 +293,116 @@ def find_dataset(folder: Path, dataset: str) -> Path:
     return found[0]
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one ADaM table (.xpt, .csv, .parquet) and normalise it (see the module notes)."""
+def read_table(
+    path: Path,
+    encoding: str = DEFAULT_ENCODING,
+    country: str | None = None,
+    warnings: list[str] | None = None,
+) -> pd.DataFrame:
+    """Read one ADaM table (.xpt, .csv, .parquet) and normalise it (see the module notes).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    encoding : str
+        The encoding of its text (one of :data:`sites.encoding.ENCODINGS`); bytes that do not
+        decode raise UserError naming row, column and bytes, with a hint.
+    country : str, optional
+        The site's country: which encodings the hint tries first.
+    warnings : list of str, optional
+        Receives a warning when a file declared in a legacy encoding is also valid UTF-8.
+    """
     fmt = FORMATS[path.suffix.lower()]
     if path.stat().st_size == 0:
         raise UserError(f"{path.name}: file is empty (0 bytes)")
+    if fmt == "csv":
+        return _read_csv_table(path, encoding, country, warnings)
     try:
         if fmt == "xpt":
             frame = _read_xpt(path)
-        elif fmt == "csv":
-            typed = read_csv_typed(path)
-            if typed is not None:
-                return typed
-            frame = _read_csv(path)
+            binary = None  # every character column
         else:
             frame = pd.read_parquet(path)
+            binary = _binary_columns(path)
     except Exception as exc:  # every reader has its own errors; all mean "unreadable"
-        kind = {"xpt": "SAS transport (XPT) file", "csv": "CSV file", "parquet": "Parquet file"}
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path.name}: cannot be read as a {kind[fmt]}: {detail}") from None
-    return normalise(frame, infer_numbers=fmt == "csv")
+        raise _unreadable(path, fmt, exc) from None
+    frame = decode_frame(frame, encoding, path.name, country, binary)
+    return normalise(frame)
+
+
+def _unreadable(path: Path, fmt: str, exc: Exception) -> UserError:
+    kind = {"xpt": "SAS transport (XPT) file", "csv": "CSV file", "parquet": "Parquet file"}
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"{path.name}: cannot be read as a {kind[fmt]}: {detail}")
+
+
+def _read_csv_table(
+    path: Path, encoding: str, country: str | None, warnings: list[str] | None
+) -> pd.DataFrame:
+    """A CSV table: UTF-8 straight to the typed reader; other encodings decoded first."""
+    if encoding == DEFAULT_ENCODING:
+        typed = read_csv_typed(path)  # refuses bytes that are not UTF-8: the text path names them
+        if typed is not None:
+            return typed
+        return normalise(_read_csv(path, encoding, country), infer_numbers=True)
+    data = path.read_bytes()
+    content = decode_csv(data, encoding, path.name, country)
+    if warnings is not None and (warning := utf8_warning(data, encoding, path.name)):
+        warnings.append(warning)
+    del data  # the file is held as text and as UTF-8 bytes from here: not three times
+    typed = read_csv_typed(content.encode("utf-8"))
+    if typed is not None:
+        return typed
+    return normalise(_csv_cells(content, path), infer_numbers=True)
+
+
+def _read_csv(
+    path: Path, encoding: str = DEFAULT_ENCODING, country: str | None = None
+) -> pd.DataFrame:
+    """A CSV file as text cells (the text path, before normalisation), decoded strictly."""
+    content = decode_csv(path.read_bytes(), encoding, path.name, country)
+    return _csv_cells(content, path)
+
+
+def _csv_cells(content: str, path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas' parser errors: the file is not a table
+        raise _unreadable(path, "csv", exc) from None
 
 
 def _read_xpt(path: Path) -> pd.DataFrame:
-    with pd.read_sas(path, format="xport", encoding="latin-1", iterator=True) as reader:
+    """An XPT table with its character values as ``bytes`` (decoded by the caller, strictly)."""
+    with pd.read_sas(path, format="xport", encoding=None, iterator=True) as reader:
         xport: Any = reader  # XportReader: nobs and columns are not in pandas-stubs
+        xport.nobs = xpt_records(path, xport.record_start, xport.record_length)
         if xport.nobs == 0:  # pandas raises StopIteration on a header-only file
             return pd.DataFrame(columns=[text(c) for c in xport.columns])
         return reader.read()
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    options: dict[str, Any] = {"dtype": str, "keep_default_na": False}
-    try:
-        return pd.read_csv(path, encoding="utf-8-sig", **options)
-    except UnicodeDecodeError:
-        return pd.read_csv(path, encoding="latin-1", **options)
+def xpt_records(path: Path, start: int, length: int) -> int:
+    """Observations in an XPT file whose records (``length`` bytes each) begin at ``start``.
+
+    The file is padded with blanks to a multiple of 80 bytes, so records that lie within the
+    last 80 bytes and are all blanks are padding. (pandas counts every 8 aligned blanks in the
+    last 80 bytes as padding, and so drops the last subject when the last record holds them,
+    e.g. a short value in a wide text column.)
+    """
+    total = path.stat().st_size - start
+    count = total // length if length else 0
+    with path.open("rb") as handle:
+        while count > 0 and (count - 1) * length > total - 80:
+            handle.seek(start + (count - 1) * length)
+            if handle.read(length).strip(b" "):
+                break
+            count -= 1
+    return count
+
+
+def _binary_columns(path: Path) -> list[str]:
+    """Names of a Parquet file's binary columns (its string columns are UTF-8 by the format)."""
+    schema = pq.read_schema(path)
+    binary = (pa.types.is_binary, pa.types.is_large_binary)
+    return [f.name for f in schema if any(kind(f.type) for kind in binary)]

@@ -9,9 +9,9 @@ normalised, validated tables are kept as Parquet files and read back instead:
 - ``TRIALFED_BUNDLE_CACHE=/some/folder``: in ``/some/folder/<site id hash>/``;
 - unset or empty: no cache (the default; nothing is written next to the data).
 
-The key is the SHA-256 of ``site.toml``, both tables and the source of the loading and checking
-code, so an edited file or a new rule invalidates it. Only a successful (valid) load is cached; a
-folder that cannot be written simply means no cache.
+The key is the SHA-256 of ``site.toml``, both tables, ``terminology.toml`` (when present) and the
+source of the loading and checking code, so an edited file or a new rule invalidates it. Only a
+successful (valid) load is cached; a folder that cannot be written simply means no cache.
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis import iso3166
+from analysis import terminology as study_terminology
 from sites import bundle as bundle_module
-from sites import check, csv_typed, normalise
+from sites import check, csv_typed, encoding, normalise, terminology
 from sites.bundle import SiteBundle, find_dataset, load_bundle
 
 CACHE_ENV = "TRIALFED_BUNDLE_CACHE"
 """Environment variable that turns the cache on (see the module notes)."""
 CACHE_FOLDER = ".trialfed-cache"
 """Name of the cache folder inside a bundle folder."""
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _CHUNK = 1 << 20
 
 
@@ -53,8 +55,12 @@ def cache_dir(folder: Path, setting: str | None = None) -> Path | None:
 def bundle_key(folder: Path) -> str:
     """SHA-256 of the bundle's files and of the code that parses and checks them."""
     digest = hashlib.sha256(f"trialfed-bundle-cache {CACHE_FORMAT}\n".encode())
-    code = [Path(m.__file__) for m in (bundle_module, check, csv_typed, normalise) if m.__file__]
+    modules = [bundle_module, check, csv_typed, normalise, encoding, terminology, iso3166]
+    code = [Path(m.__file__) for m in (*modules, study_terminology) if m.__file__]
     files = [folder / "site.toml", find_dataset(folder, "adsl"), find_dataset(folder, "adtte")]
+    terms = folder / terminology.TERMINOLOGY_FILE
+    if terms.is_file():
+        files.append(terms)
     for path in code + files:
         digest.update(f"{path.name}\n".encode())
         with path.open("rb") as handle:
@@ -107,6 +113,9 @@ def _read(where: Path, key: str, folder: Path) -> SiteBundle | None:
         adtte=adtte,
         warnings=list(meta["warnings"]),
         files={k: folder / v for k, v in meta["files"].items()},
+        encoding=meta["encoding"],
+        terminology=meta["terminology"],
+        mapped=meta["mapped"],
     )
 
 
@@ -128,6 +137,9 @@ def _write(where: Path, key: str, loaded: SiteBundle) -> None:
         "policy": loaded.policy,
         "warnings": loaded.warnings,
         "files": {k: Path(v).name for k, v in loaded.files.items()},
+        "encoding": loaded.encoding,
+        "terminology": loaded.terminology,
+        "mapped": loaded.mapped,
     }
     try:
         where.mkdir(parents=True, exist_ok=True)

@@ -7,14 +7,16 @@ rules guard ``trialfed site check`` and every analysis that reads a bundle.
 
 Errors (the bundle is refused):
 
-- ``site.toml`` missing, not TOML, without ``[site]`` or its ``id``/``name``/``country``, or with a
-  country that is not an ISO 3166 alpha-2 code;
+- ``site.toml`` missing, not TOML, without ``[site]`` or its ``id``/``name``/``country``, with a
+  country that is not an ISO 3166 alpha-2 or alpha-3 code, an encoding not in
+  :data:`sites.encoding.ENCODINGS`, or another key in ``[site]``;
 - a missing, duplicated, empty (0 bytes), header-only or unreadable ``adsl.*``/``adtte.*`` file;
 - a missing required column (:data:`ADSL_REQUIRED`, :data:`ADTTE_REQUIRED`);
 - blank USUBJID, PARAMCD or TRT01P; non-numeric or negative AGE;
 - AVAL missing, non-numeric, negative or infinite; CNSR other than 0 (event) or 1 (censored);
 - duplicated USUBJID in ADSL, duplicated USUBJID + PARAMCD in ADTTE;
-- ADTTE subjects absent from ADSL; an ADSL ``COUNTRY`` different from the ``site.toml`` country.
+- ADTTE subjects absent from ADSL; an ADSL ``COUNTRY`` naming another country than ``site.toml``
+  (``JPN`` and ``JP`` name one country).
 
 Warnings (the bundle is accepted): an arm with fewer than :data:`MIN_ARM_SIZE` subjects, ADSL
 subjects without ADTTE rows, a PARAMCD without events.
@@ -32,6 +34,9 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from analysis.errors import UserError
+from analysis.iso3166 import COUNTRIES
+from analysis.terminology import country_alpha3
+from sites.encoding import ENCODINGS, canonical_encoding
 from sites.normalise import parse_numbers, to_numbers
 
 ADSL_REQUIRED = ("STUDYID", "USUBJID", "SITEID", "TRT01P", "AGE", "SEX")
@@ -44,21 +49,29 @@ MAX_PROBLEMS = 20
 """At most this many problems are listed in one error message."""
 MAX_LINES_PER_RULE = 5
 """At most this many lines (values, subjects) per rule and column."""
-_COUNTRY = re.compile(r"[A-Z]{2}")
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CNSR_ALLOWED = "(allowed: 0 = event, 1 = censored)"
 
 
+SITE_KEYS = ("id", "name", "country", "encoding")
+"""Keys of ``site.toml [site]``; the first three are required."""
+
+
 def check_site_table(document: dict[str, Any], file: str = "site.toml") -> list[str]:
-    """Rules for the parsed ``site.toml``: ``[site]`` with id, name, country; ``[policy]``."""
+    """Rules for the parsed ``site.toml``: ``[site]`` with id, name, country, optional encoding."""
     site = document.get("site")
     if not isinstance(site, dict):
         return [f"{file}: missing [site] table (with keys id, name, country)"]
     problems = []
-    for key in ("id", "name", "country"):
+    unknown = sorted(set(site) - set(SITE_KEYS))
+    if unknown:
+        allowed = ", ".join(repr(k) for k in SITE_KEYS)
+        problems.append(f"{file}: [site] keys must be among {{{allowed}}}; got {unknown}")
+    for key in ("id", "name", "country", "encoding"):
         value = site.get(key)
         if key not in site:
-            problems.append(f"{file}: [site] is missing key {key!r}")
+            if key != "encoding":
+                problems.append(f"{file}: [site] is missing key {key!r}")
         elif not isinstance(value, str) or not value.strip():
             problems.append(f"{file}: [site] {key} must be a non-empty string; got {value!r}")
     site_id = site.get("id")
@@ -67,12 +80,26 @@ def check_site_table(document: dict[str, Any], file: str = "site.toml") -> list[
             f"{file}: [site] id must be letters, digits, '_', '.' or '-'; got {site_id!r}"
         )
     country = site.get("country")
-    if isinstance(country, str) and country.strip() and not _COUNTRY.fullmatch(country):
+    if isinstance(country, str) and country.strip() and country_alpha3(country) is None:
         problems.append(
-            f"{file}: [site] country must be an ISO 3166 alpha-2 code of 2 uppercase letters "
-            f"(e.g. 'JP', 'KR'); got {country!r}"
+            f"{file}: [site] country must be an ISO 3166 country code, alpha-2 or alpha-3 in "
+            f"uppercase letters (e.g. 'JP' or 'JPN', 'KR' or 'KOR'); got {country!r}"
         )
+    encoding = site.get("encoding")
+    if isinstance(encoding, str) and encoding.strip() and canonical_encoding(encoding) is None:
+        allowed = ", ".join(repr(e) for e in ENCODINGS)
+        problems.append(f"{file}: [site] encoding must be one of {{{allowed}}}; got {encoding!r}")
     return problems
+
+
+def site_country(code: str) -> str:
+    """The form of a valid ISO 3166 ``code`` that a bundle reports: alpha-2 (``JPN`` -> ``JP``).
+
+    The site's country is its ``COUNTRY`` covariate and the key of per-country results; one form
+    for every site keeps ``JP`` and ``JPN`` one level.
+    """
+    alpha3 = country_alpha3(code)
+    return COUNTRIES[alpha3][0] if alpha3 is not None else code
 
 
 def check_adsl(frame: pd.DataFrame, file: str, country: str | None = None) -> list[str]:
@@ -86,11 +113,14 @@ def check_adsl(frame: pd.DataFrame, file: str, country: str | None = None) -> li
         problems += _duplicates(frame, file, ["USUBJID"], "one row per subject")
     if "AGE" in frame:
         age, bad = to_numbers(frame["AGE"])
-        problems += _by_value(frame, file, "AGE", bad, lambda v: f"non-numeric age {v}")
-        problems += _by_value(frame, file, "AGE", age < 0, lambda v: f"negative age {v}", True)
+        problems += by_value(frame, file, "AGE", bad, lambda v: f"non-numeric age {v}")
+        problems += by_value(frame, file, "AGE", age < 0, lambda v: f"negative age {v}", True)
     if country is not None and "COUNTRY" in frame:
-        wrong = frame["COUNTRY"] != country
-        problems += _by_value(
+        # ADaM writes COUNTRY as alpha-3 (JPN), site.toml often alpha-2 (JP): one country
+        expected = country_alpha3(country)
+        same = [v for v in pd.unique(frame["COUNTRY"]) if country_alpha3(v) == expected]
+        wrong = ~frame["COUNTRY"].isin(same)
+        problems += by_value(
             frame,
             file,
             "COUNTRY",
@@ -111,11 +141,11 @@ def check_adtte(frame: pd.DataFrame, file: str) -> list[str]:
         aval, bad = to_numbers(frame["AVAL"])
         missing = aval.isna() & ~bad
         problems += _rows_line(file, "AVAL", missing, "missing analysis value (time)")
-        problems += _by_value(frame, file, "AVAL", bad, lambda v: f"non-numeric time {v}")
-        problems += _by_value(
+        problems += by_value(frame, file, "AVAL", bad, lambda v: f"non-numeric time {v}")
+        problems += by_value(
             frame, file, "AVAL", aval < 0, lambda v: f"negative time {v} (AVAL must be >= 0)", True
         )
-        problems += _by_value(
+        problems += by_value(
             frame,
             file,
             "AVAL",
@@ -128,7 +158,7 @@ def check_adtte(frame: pd.DataFrame, file: str) -> list[str]:
         missing = cnsr.isna() & ~bad
         problems += _rows_line(file, "CNSR", missing, f"missing censoring code {_CNSR_ALLOWED}")
         unknown = bad | (cnsr.notna() & ~cnsr.isin([0.0, 1.0]))
-        problems += _by_value(
+        problems += by_value(
             frame,
             file,
             "CNSR",
@@ -150,7 +180,7 @@ def check_subjects(
     if same_subjects(adtte["USUBJID"].to_numpy(), adsl["USUBJID"].to_numpy()):
         return []
     absent = ~adtte["USUBJID"].isin(adsl["USUBJID"])
-    return _by_value(
+    return by_value(
         adtte, adtte_file, "USUBJID", absent, lambda v: f"subject {v} is not in {adsl_file}"
     )
 
@@ -174,7 +204,7 @@ def site_warnings(
             more = ", ..." if without.sum() > MAX_LINES_PER_RULE else ""
             warnings.append(
                 f"{adsl_file}: {int(without.sum())} subject(s) have no rows in {adtte_file} "
-                f"({_rows(without)}): {shown}{more}"
+                f"({describe_rows(without)}): {shown}{more}"
             )
     for paramcd, cnsr in adtte.groupby("PARAMCD", sort=True)["CNSR"]:
         if not (cnsr == 0).any():
@@ -233,10 +263,10 @@ def _blank_cells(values: pd.Series) -> pd.Series:
 def _rows_line(file: str, column: str, mask: pd.Series, what: str) -> list[str]:
     if not mask.any():
         return []
-    return [f"{file}: column {column}, {_rows(mask)}: {what}"]
+    return [f"{file}: column {column}, {describe_rows(mask)}: {what}"]
 
 
-def _by_value(
+def by_value(
     frame: pd.DataFrame,
     file: str,
     column: str,
@@ -257,7 +287,7 @@ def _by_value(
     for position, value in zip(np.flatnonzero(selected), shown, strict=True):
         groups.setdefault(value, []).append(int(position))
     lines = [
-        f"{file}: column {column}, {_rows(positions)}: {what(value)}"
+        f"{file}: column {column}, {describe_rows(positions)}: {what(value)}"
         for value, positions in list(groups.items())[:MAX_LINES_PER_RULE]
     ]
     if len(groups) > MAX_LINES_PER_RULE:
@@ -292,7 +322,7 @@ def _duplicates(frame: pd.DataFrame, file: str, keys: list[str], rule: str) -> l
         what = ", ".join(f"{k} {_show(v)}" for k, v in zip(keys, values, strict=True))
         lines.append(
             f"{file}: column{'s' if len(keys) > 1 else ''} {', '.join(keys)}, "
-            f"{_rows(list(index))}: duplicate record for {what} ({rule})"
+            f"{describe_rows(list(index))}: duplicate record for {what} ({rule})"
         )
     if len(groups) > MAX_LINES_PER_RULE:
         lines.append(f"{file}: {len(groups) - MAX_LINES_PER_RULE} more duplicated keys")
@@ -321,7 +351,7 @@ def _strictly_increasing(columns: Sequence[NDArray[Any]]) -> bool:
     return bool(increasing.all())
 
 
-def _rows(rows: pd.Series | Sequence[int]) -> str:
+def describe_rows(rows: pd.Series | Sequence[int]) -> str:
     """``row 3`` or ``rows 3, 7, 9`` (1-based data rows) from a mask or 0-based positions."""
     if isinstance(rows, pd.Series):
         positions = [int(p) for p in np.flatnonzero(rows.to_numpy(dtype=bool))]

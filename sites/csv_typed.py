@@ -24,6 +24,7 @@ reader error. The text path then gives the same table, or the precise error.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,14 @@ import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
 from sites.normalise import (
+    ASCII_COLUMNS,
     MISSING_TOKENS,
     WHITESPACE,
+    categorical,
     exact_zeros,
     is_character,
+    is_code,
+    nfkc_cells,
     numbers_or_text,
     text,
 )
@@ -60,10 +65,12 @@ NUMBER = r"^[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf
 """Cells that Arrow casts to float64 exactly as ``float()`` parses them (RE2 syntax)."""
 
 
-def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame | None:
+def read_csv_typed(path: Path | bytes, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame | None:
     """The normalised table of CSV file ``path``, or ``None`` when the text path must decide.
 
-    ``block_bytes`` is the size of the blocks the file is read in (tests make it small).
+    ``path`` may also be the file's content as UTF-8 bytes (a file in another declared encoding,
+    transcoded). ``block_bytes`` is the size of the blocks the file is read in (tests make it
+    small).
     """
     names = _header(path)
     if names is None:
@@ -71,6 +78,7 @@ def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame |
     upper = [text(original).upper() for original in names]
     pieces: list[list[NDArray[Any]]] = [[] for _ in names]
     as_text: set[int] = set()  # columns some cell of which needs float()'s own rules
+    non_ascii: set[int] = set()  # character columns with a byte outside ASCII
     distinct: set[int] = set()  # text columns of mostly distinct values (USUBJID): not shared
     rows = 0
     try:
@@ -85,7 +93,10 @@ def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame |
                 if is_character(name):
                     if not pieces[position] and _mostly_distinct(cells):
                         distinct.add(position)
-                    pieces[position].append(_stripped(cells, shared=position not in distinct))
+                    if position not in non_ascii and not _ascii(cells):
+                        non_ascii.add(position)
+                    shared = position not in distinct
+                    pieces[position].append(_stripped(cells, shared, code=is_code(name)))
                 elif position not in as_text:
                     numbers = _numbers(cells)
                     if numbers is None:
@@ -108,7 +119,10 @@ def read_csv_typed(path: Path, block_bytes: int = BLOCK_BYTES) -> pd.DataFrame |
             columns[name] = exact_zeros(_joined(pieces[position]))
         pieces[position] = []
     pa.default_memory_pool().release_unused()  # the allocator keeps freed blocks otherwise
-    return pd.DataFrame(columns, copy=False)  # copy=False: no second, consolidated copy
+    frame = pd.DataFrame(columns, copy=False)  # copy=False: no second, consolidated copy
+    ascii_text = [n for p, n in enumerate(upper) if is_character(n) and p not in non_ascii]
+    frame.attrs[ASCII_COLUMNS] = ascii_text  # spares later checks a pass over every cell
+    return frame
 
 
 def _options(names: list[str], include: list[str] | None = None) -> dict[str, Any]:
@@ -124,27 +138,34 @@ def _options(names: list[str], include: list[str] | None = None) -> dict[str, An
     }
 
 
-def _blocks(path: Path, names: list[str], block_bytes: int) -> Iterator[pa.RecordBatch]:
+def _source(path: Path | bytes) -> Path | pa.BufferReader:
+    """What pyarrow reads: the file, or a fresh reader over the bytes."""
+    return pa.BufferReader(path) if isinstance(path, bytes) else path
+
+
+def _blocks(path: Path | bytes, names: list[str], block_bytes: int) -> Iterator[pa.RecordBatch]:
     """The file's rows as Arrow strings, ``block_bytes`` of the file at a time."""
     read = pa_csv.ReadOptions(block_size=block_bytes)
-    with pa_csv.open_csv(path, read_options=read, **_options(names)) as reader:
+    with pa_csv.open_csv(_source(path), read_options=read, **_options(names)) as reader:
         yield from reader
 
 
-def _text_column(path: Path, names: list[str], position: int) -> NDArray[Any]:
+def _text_column(path: Path | bytes, names: list[str], position: int) -> NDArray[Any]:
     """Column ``position`` read again, whole, through the text rules (float() or str)."""
-    table = pa_csv.read_csv(path, **_options(names, include=[names[position]]))
-    return numbers_or_text(_stripped(table.column(0).combine_chunks()))
+    table = pa_csv.read_csv(_source(path), **_options(names, include=[names[position]]))
+    cells = numbers_or_text(_stripped(table.column(0).combine_chunks(), code=True))
+    return categorical(text(names[position]).upper(), cells)
 
 
 def _joined(pieces: list[NDArray[Any]]) -> NDArray[Any]:
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
-def _header(path: Path) -> list[str] | None:
+def _header(path: Path | bytes) -> list[str] | None:
     """The header's names as pandas would take them, or ``None`` when pandas would rename any."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        raw = io.BytesIO(path) if isinstance(path, bytes) else path.open("rb")
+        with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
             names = next(csv.reader(handle))
     except (OSError, UnicodeDecodeError, StopIteration, csv.Error):
         return None
@@ -159,8 +180,8 @@ def _mostly_distinct(cells: pa.Array) -> bool:
     return len(pc.unique(probe)) * 2 > len(probe)
 
 
-def _stripped(cells: pa.Array, shared: bool = True) -> NDArray[np.object_]:
-    """The cells as stripped ``str``.
+def _stripped(cells: pa.Array, shared: bool = True, code: bool = False) -> NDArray[np.object_]:
+    """The cells as stripped ``str``, in NFKC form unless ``code`` (identifiers, codes).
 
     With ``shared``, one Python object per distinct value (a dictionary encoding: one hash per
     cell); without, one object per cell and no hashing, which is faster for columns whose values
@@ -170,12 +191,24 @@ def _stripped(cells: pa.Array, shared: bool = True) -> NDArray[np.object_]:
         plain: NDArray[np.object_] = pc.utf8_trim(cells, characters=WHITESPACE).to_numpy(
             zero_copy_only=False
         )
-        return plain
+        return plain if code else nfkc_cells(plain)
     encoded = cells.dictionary_encode()
     values = pc.utf8_trim(encoded.dictionary, characters=WHITESPACE)
     distinct = values.to_numpy(zero_copy_only=False)
+    if not code:
+        distinct = nfkc_cells(distinct)
     out: NDArray[np.object_] = distinct[encoded.indices.to_numpy(zero_copy_only=False)]
     return out
+
+
+def _ascii(cells: pa.Array) -> bool:
+    """True when every byte of a string array's cells is ASCII (one pass over its buffer)."""
+    _, offsets_buffer, data = cells.buffers()
+    if data is None:
+        return True
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
+    start, end = offsets[cells.offset], offsets[cells.offset + len(cells)]
+    return bool(start == end or np.frombuffer(data, np.uint8, end - start, start).max() < 0x80)
 
 
 def _numbers(cells: pa.Array) -> NDArray[np.float64] | None:

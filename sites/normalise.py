@@ -3,20 +3,25 @@
 - Column names are stripped and upper-cased (SAS names are case-insensitive).
 - Numeric columns become float64; values within 1e-70 of zero become exactly 0.0 (pandas reads
   some XPT zeros as 5.397605e-79, the smallest IBM float).
-- Other columns become object arrays of ``str``: bytes are decoded (UTF-8, else Latin-1),
-  whitespace is stripped and missing values become ``""``. Datetimes become ISO strings.
+- Other columns become object arrays of ``str``: whitespace is stripped and missing values become
+  ``""``; datetimes become ISO strings. Bytes were decoded before, strictly, in the encoding the
+  site declares (:mod:`sites.encoding`).
 - Columns that are character by ADaM naming convention (``*ID``, ``*FL``, ``*DTC``, ``*GRn`` and
   the identifiers in :data:`CHARACTER_COLUMNS`) are always text, so ``SITEID = 701`` in a CSV
   reads as ``"701"`` exactly as in the XPT file.
 - CSV cells are text; any other column whose non-blank cells all parse as numbers becomes
   numeric (blank, ``NA``, ``NaN`` and SAS ``.`` count as missing), an entirely blank one too
   (all NaN), since CSV cannot tell an empty text column from an empty numeric one.
+- Categorical text (every text column except identifiers and codes, :func:`is_code`) is put in
+  Unicode NFKC form (:func:`nfkc_cells`): ``ＡＳＩＡＮ`` reads ``ASIAN``, ``ｱｼﾞｱ人`` reads
+  ``アジア人``. Identifiers and codes are kept exactly as written.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,9 @@ WHITESPACE = (
 """What ``str.strip()`` removes (every ``c`` with ``c.isspace()``), for Arrow's ``utf8_trim``."""
 
 _CHARACTER_PATTERN = re.compile(r"(ID|FL|DTC|GR\d+)$")
+_CODE_PATTERN = re.compile(r"(ID|CD|DTC|DTM|DT|TM)$")
+ASCII_COLUMNS = "trialfed_ascii_columns"
+"""``DataFrame.attrs`` key: text columns a reader found to be all ASCII (may be absent)."""
 ZERO_ATOL = 1e-70
 """Numbers this close to zero are zero (XPT's smallest IBM float is 5.4e-79)."""
 
@@ -61,6 +69,31 @@ def is_character(name: str) -> bool:
     return name in CHARACTER_COLUMNS or _CHARACTER_PATTERN.search(name) is not None
 
 
+def is_code(name: str) -> bool:
+    """True for identifiers and codes (``*ID``, ``*CD``, dates and times, ``COUNTRY``).
+
+    They are never changed when read; every other text column holds categorical values.
+    """
+    return name == "COUNTRY" or _CODE_PATTERN.search(name) is not None
+
+
+def nfkc_cells(strings: NDArray[np.object_]) -> NDArray[np.object_]:
+    """Text cells in Unicode NFKC form, stripped again; ``strings`` itself when all are ASCII.
+
+    ASCII text is already in NFKC form, so the usual column costs one ``isascii`` per cell.
+    """
+    try:
+        if all(map(str.isascii, strings)):
+            return strings
+    except TypeError:  # a cell that is not a str (NaN in an object column)
+        pass
+    out = strings.copy()
+    for i, cell in enumerate(strings):
+        if isinstance(cell, str) and not cell.isascii():
+            out[i] = unicodedata.normalize("NFKC", cell).strip()
+    return out
+
+
 def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
     """Normalise column names and values (see the module notes); returns a new DataFrame."""
     columns: dict[str, NDArray[Any]] = {}
@@ -76,13 +109,19 @@ def normalise(frame: pd.DataFrame, infer_numbers: bool = False) -> pd.DataFrame:
             numbers = fast
         else:
             strings = as_text(values)
-            if is_character(name) or not infer_numbers:
-                columns[name] = strings
-            else:
-                columns[name] = numbers_or_text(strings)
+            if not is_character(name) and infer_numbers:
+                strings = numbers_or_text(strings)
+            columns[name] = categorical(name, strings)
             continue
         columns[name] = exact_zeros(numbers)
     return pd.DataFrame(columns)
+
+
+def categorical(name: str, cells: NDArray[Any]) -> NDArray[Any]:
+    """``cells`` of column ``name`` with text in NFKC form, unless it is numeric or a code."""
+    if cells.dtype != object or is_code(name):
+        return cells
+    return nfkc_cells(cells)
 
 
 def numbers_or_text(strings: NDArray[np.object_]) -> NDArray[Any]:
@@ -147,11 +186,8 @@ def text(value: Any) -> str:
     """One cell as stripped text: bytes decoded, missing -> "", 701.0 -> "701"."""
     if value is None or value is pd.NaT or value is pd.NA:
         return ""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            return value.decode("latin-1").strip()
+    if isinstance(value, bytes):  # column names; cells were decoded by sites.encoding
+        return value.decode("utf-8").strip()
     if isinstance(value, float | np.floating):
         if math.isnan(value):
             return ""

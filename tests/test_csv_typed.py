@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from analysis.errors import UserError
 from sites.bundle import _read_csv, read_table
 from sites.csv_typed import PLAIN_ALPHABET, _blocks, _plain_numbers, read_csv_typed
 from sites.normalise import WHITESPACE, exact_zeros, normalise
@@ -155,11 +156,15 @@ def test_files_left_to_the_text_rules(tmp_path: Path, content: str) -> None:
     assert read_csv_typed(path) is None
 
 
-def test_latin1_file_is_left_to_the_text_rules_and_still_loads(tmp_path: Path) -> None:
+def test_latin1_file_is_left_to_the_text_rules_and_loads_only_when_declared(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "adsl.csv"
     path.write_bytes("USUBJID,TRT01P,AGE\nS-1,Caf\u00e9,40\n".encode("latin-1"))
     assert read_csv_typed(path) is None
-    table = read_table(path)
+    with pytest.raises(UserError, match=r"row 1, column TRT01P \(line 2\): bytes E9 .*cp1252"):
+        read_table(path)  # no silent Latin-1: the hint names the encoding that reads it
+    table = read_table(path, "latin-1")
     assert table["TRT01P"].tolist() == ["Caf\u00e9"] and table["AGE"].tolist() == [40.0]
 
 

@@ -15,6 +15,7 @@ from lifelines import CoxPHFitter
 
 from analysis.errors import UserError
 from experiments.synth import SyntheticTrial, generate_trial, main_synth, write_trial
+from experiments.synth_local import parse_encodings
 
 DEFAULT_SEED = 20261128
 CENSOR_DESC = {"END OF STUDY", "DATA CUT-OFF", "LOST TO FOLLOW-UP"}
@@ -62,7 +63,8 @@ def test_structure(trial: SyntheticTrial) -> None:
     for site in trial.sites:
         rows = trial.adsl[site.id]
         assert re.fullmatch(rf"{site.country}\d\d", site.id)
-        assert (rows["SITEID"] == site.id).all() and (rows["COUNTRY"] == site.country).all()
+        assert (rows["SITEID"] == site.id).all()
+        assert (rows["COUNTRY"] == {"JP": "JPN", "KR": "KOR"}[site.country]).all()  # alpha-3
         assert rows["USUBJID"].str.fullmatch(rf"{studyid}-{site.id}-\d{{4}}").all()
         # Permuted blocks of 4 within site, in order of enrolment: 2 + 2 in every full block.
         arm = rows.sort_values("USUBJID")["TRT01PN"].to_numpy()
@@ -211,3 +213,63 @@ def test_main_synth_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture
         sorted(p.name for p in (tmp_path / "sites").iterdir()),
         ["JP01", "JP02", "JP03", "KR01", "KR02", "KR03"],
     )
+
+
+def test_parse_encodings() -> None:
+    assert parse_encodings(["cp932", "euc_kr", "JP01=utf-8", "Shift_JIS"]) == {
+        "JP": "shift_jis",  # a Japanese encoding: the Japanese sites (the last one given wins)
+        "KR": "euc_kr",
+        "JP01": "utf-8",
+    }
+    assert parse_encodings(["latin-1"]) == {"*": "latin-1"}
+    with pytest.raises(UserError, match=r"--encoding must be \[SITE=\]one of .*; got 'JP=ebcdic'"):
+        parse_encodings(["JP=ebcdic"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xpt"])
+def test_local_terms_in_each_country_encoding(
+    tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = argparse.Namespace(
+        out=tmp_path,
+        design="vaccine",
+        subjects=200,
+        sites=4,
+        seed=5,
+        format=fmt,
+        encoding=["euc_jp", "KR=cp949", "KR02=utf-8"],
+        local_terms=True,
+    )
+    assert main_synth(args) == 0
+    assert (
+        "text: JP: euc_jp, KR: cp949, KR02: utf-8; local SEX/RACE terms" in capsys.readouterr().out
+    )
+    trial = generate_trial("vaccine", subjects=200, sites=4, seed=5)
+    expected = {"JP01": "euc_jp", "JP02": "euc_jp", "KR01": "cp949", "KR02": "utf-8"}
+    local = {
+        "JP": {"SEX": {"男": "M", "女": "F"}, "RACE": {"アジア人": "ASIAN"}},
+        "KR": {"SEX": {"남": "M", "여": "F"}, "RACE": {"아시아인": "ASIAN"}},
+    }
+    for site in trial.sites:
+        folder = tmp_path / "sites" / site.id
+        encoding = expected[site.id]
+        declared = tomllib.loads((folder / "site.toml").read_text(encoding="utf-8"))["site"]
+        assert declared.get("encoding", "utf-8") == encoding
+        terms = tomllib.loads((folder / "terminology.toml").read_text(encoding="utf-8"))
+        assert terms == local[site.country]
+        path = folder / f"adsl.{fmt}"
+        if fmt == "csv":
+            back = pd.read_csv(path, encoding=encoding)
+        else:
+            back = pd.read_sas(path, format="xport", encoding=encoding)
+        word = {level: written for written, level in terms["SEX"].items()}
+        assert back["SEX"].tolist() == trial.adsl[site.id]["SEX"].map(word).tolist()
+        assert back["RACE"].tolist() == list(terms["RACE"]) * site.n
+
+
+def test_encodings_that_cannot_hold_the_text_are_refused(tmp_path: Path) -> None:
+    trial = generate_trial("vaccine", subjects=40, sites=2, seed=1)
+    with pytest.raises(UserError, match=r"site JP01: '(男|女)' cannot be written in latin-1"):
+        write_trial(trial, tmp_path / "a", "csv", 5, {"*": "latin-1"}, local_terms=True)
+    with pytest.raises(UserError, match="Parquet text is always UTF-8"):
+        write_trial(trial, tmp_path / "b", "parquet", 5, {"JP": "cp932"})
