@@ -23,6 +23,7 @@ import tomli_w
 from analysis.errors import UserError
 from analysis.kinds import REGISTRY
 from analysis.kinds.base import INVALID, NAME_PATTERN, AnalysisSpec, number_key, one_of
+from analysis.terminology import default_study_levels, parse_study_levels
 
 KINDS = tuple(REGISTRY)
 STUDY_KEYS = ("id", "title", "description", "sites")
@@ -68,8 +69,15 @@ class Plan:
     run: RunSettings = field(default_factory=RunSettings)
     description: str = ""
     sites: tuple[str, ...] = ()
+    levels: tuple[tuple[str, tuple[str, ...]], ...] = ()
     text: str = ""
     source: str = "<plan>"
+
+    @property
+    def study_levels(self) -> dict[str, tuple[str, ...]]:
+        """The levels the study expects per categorical variable: the plan's ``[levels]`` over
+        CDISC controlled terminology (:mod:`analysis.terminology`)."""
+        return {**default_study_levels(), **dict(self.levels)}
 
     def canonical(self) -> dict[str, Any]:
         """The validated content as TOML tables (``[run]`` in full, analysis keys at their
@@ -79,11 +87,14 @@ class Plan:
             study["description"] = self.description
         if self.sites:
             study["sites"] = list(self.sites)
-        return {
+        out: dict[str, Any] = {
             "study": study,
             "run": asdict(self.run),
             "analysis": [REGISTRY[a.kind].dump(a) for a in self.analyses],
         }
+        if self.levels:
+            out["levels"] = {name: list(values) for name, values in self.levels}
+        return out
 
     @property
     def sha256(self) -> str:
@@ -119,11 +130,14 @@ def parse_plan(text: str, source: str = "<plan>") -> Plan:
 def plan_from_tables(raw: Mapping[str, Any], source: str = "<code>", text: str = "") -> Plan:
     """Validate a plan given as TOML tables (a dict); the plan text defaults to its TOML."""
     problems: list[str] = []
-    unknown = set(raw) - {"study", "analysis", "run"}
+    unknown = set(raw) - {"study", "analysis", "run", "levels"}
     if unknown:
         problems.append(
-            f"unknown top-level table(s) {sorted(unknown)}; allowed: study, run, analysis"
+            f"unknown top-level table(s) {sorted(unknown)}; allowed: study, run, analysis, levels"
         )
+    declared = raw.get("levels")
+    merged = parse_study_levels(declared, problems)
+    levels = tuple((k, merged[k]) for k in sorted(declared)) if isinstance(declared, dict) else ()
     study = _parse_study(raw.get("study"), problems)
     run = _parse_run(raw.get("run", {}), problems)
     tables = raw.get("analysis", [])
@@ -144,7 +158,7 @@ def plan_from_tables(raw: Mapping[str, Any], source: str = "<code>", text: str =
         analyses.append(spec)
     if problems:
         raise UserError(f"{source}: invalid analysis plan:\n  - " + "\n  - ".join(problems))
-    plan = Plan(analyses=tuple(analyses), run=run, source=source, text=text, **study)
+    plan = Plan(analyses=tuple(analyses), run=run, levels=levels, source=source, text=text, **study)
     return plan if text else replace(plan, text=plan.to_toml())
 
 

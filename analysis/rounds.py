@@ -22,6 +22,7 @@ __all__ = [
     "EstimateContext",
     "FittedModel",
     "analysis_of",
+    "categorical_variables",
     "iterated_models",
     "plan_models",
     "round_one_queries",
@@ -56,6 +57,18 @@ def round_one_queries(plan: Plan) -> list[Query]:
                 )
                 queries.setdefault(grid.id, grid)
     return list(queries.values())
+
+
+def categorical_variables(plan: Plan) -> list[str]:
+    """The variables whose levels the sites compare in round 1 (grouping variables, strata and
+    covariates of every analysis; SEX where Table 1 counts it)."""
+    names: list[str] = []
+    for spec in plan.analyses:
+        kind = REGISTRY[spec.kind]
+        names += [*kind.grouping(spec), *kind.covariates(spec)]
+        if spec.kind == "summary":
+            names.append("SEX")
+    return list(dict.fromkeys(names))
 
 
 def analysis_of(plan: Plan, query_id: str) -> str:

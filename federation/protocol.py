@@ -25,6 +25,7 @@ from analysis.kinds import REGISTRY
 from analysis.kinds.context import EstimateContext
 from analysis.plan import Plan
 from analysis.rounds import iterated_models
+from analysis.terminology import compare_level_sets
 from federation.exchange import Exchange, RunFailed, SiteFailure
 from federation.models import CoxRun
 
@@ -103,6 +104,14 @@ def run_plan(
     replies = link.send({node: request(plan, 1, {}) for node in nodes})
     link.check_quorum()
     sites = link.live_sites()
+    problems = compare_level_sets(
+        {s: replies[s].get("levels", {}) for s in sites}, plan.study_levels
+    )
+    if problems:  # before any analysis: a level outside the study would be a group of its own
+        raise UserError(
+            "the sites' levels disagree with the study's (map them in each site's "
+            "terminology.toml):\n  - " + "\n  - ".join(problems)
+        )
     context = _context(link, replies, sites)
     countries = sorted({link.info[s]["country"] for s in sites})
     runs = [CoxRun(m) for m in iterated_models(plan, countries)]

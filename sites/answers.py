@@ -30,10 +30,11 @@ from analysis.kinds import REGISTRY
 from analysis.kinds.base import Query
 from analysis.kinds.cox_model import CoxModelDef
 from analysis.plan import Plan, parse_plan
-from analysis.rounds import iterated_models, round_one_queries
+from analysis.rounds import categorical_variables, iterated_models, round_one_queries
 from sites import disclosure, prepared
 from sites.bundle import SiteBundle
 from sites.evaluations import BetaRefused, EvaluationLog, check_point, describe
+from sites.terminology import site_level_sets
 
 PROTOCOL = 2
 
@@ -63,14 +64,20 @@ class Work:
         self.refused.setdefault(analysis, {"rule": rule, "message": message})
 
     def reply(self, bundle: SiteBundle) -> dict[str, Any]:
-        """The payload that leaves the site."""
-        return {
+        """The payload that leaves the site (round 1 also the level sets of the plan's
+        categorical variables: level names, not patient data)."""
+        reply: dict[str, Any] = {
             "site": prepared.site_info(bundle),
             "round": self.round,
             "answers": self.answers,
             "refused": self.refused,
             "disclosure": self.notes,
         }
+        if self.round == 1:
+            names = disclosure.shareable_variables(bundle, categorical_variables(self.plan))
+            found = site_level_sets(bundle, names)
+            reply["levels"] = {name: sorted(values) for name, values in found.items()}
+        return reply
 
 
 def read_plan(

@@ -68,29 +68,44 @@ def variables_problem(
         if name not in subjects:
             available = ", ".join(sorted(subjects))
             return "plan", f"variable {name!r} is not in adsl; available: {available}"
-    k = bundle.rules.min_cell_count
-    if k == 0:
-        return None
-    for name in dict.fromkeys([*grouping, *covariates]):
-        if name in SITE_VARIABLES:
-            continue
-        values = subjects[name]
-        numeric = is_numeric(values)
-        if numeric and IDENTIFIER_NAME.search(name):
-            return "identifier", (
-                f"variable {name!r} is an identifier or a date (ADaM name ending in ID, DT, DTM "
-                "or TM) and may not group, stratify or enter a model"
-            )
-        if numeric and name not in grouping:
-            continue  # a numeric covariate enters a model as a number, never as groups
-        labels, codes = factorize_labels(np.asarray(values))
-        reason = too_fine(np.bincount(codes, minlength=len(labels)), k)
-        if reason:
-            return "identifier", (
-                f"variable {name!r} is too fine at this site to group, stratify or enter a "
-                f"model as categories: {reason} (min_cell_count = {k})"
-            )
+        problem = variable_problem(bundle, name, name in grouping)
+        if problem:
+            return "identifier", problem
     return None
+
+
+def variable_problem(bundle: SiteBundle, name: str, grouping: bool) -> str:
+    """Why this site may not use variable ``name`` ("" when it may; always "" with k = 0).
+
+    ``grouping``: the variable splits rows into groups or strata (else it is a covariate, which
+    enters a model as a number when numeric).
+    """
+    k = bundle.rules.min_cell_count
+    if k == 0 or name in SITE_VARIABLES:
+        return ""
+    values = bundle.subjects()[name]
+    numeric = is_numeric(values)
+    if numeric and IDENTIFIER_NAME.search(name):
+        return (
+            f"variable {name!r} is an identifier or a date (ADaM name ending in ID, DT, DTM or "
+            "TM) and may not group, stratify or enter a model"
+        )
+    if numeric and not grouping:
+        return ""  # a numeric covariate enters a model as a number, never as groups
+    labels, codes = factorize_labels(np.asarray(values))
+    reason = too_fine(np.bincount(codes, minlength=len(labels)), k)
+    if reason:
+        return (
+            f"variable {name!r} is too fine at this site to group, stratify or enter a model as "
+            f"categories: {reason} (min_cell_count = {k})"
+        )
+    return ""
+
+
+def shareable_variables(bundle: SiteBundle, names: Sequence[str]) -> list[str]:
+    """The variables whose level names this site may report (present and not too fine)."""
+    subjects = bundle.subjects()
+    return [n for n in names if n in subjects and not variable_problem(bundle, n, True)]
 
 
 def _labels(values: Any) -> Any:

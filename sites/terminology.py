@@ -51,9 +51,14 @@ class BundleLike(Protocol):
     """What :func:`site_level_sets` reads of a :class:`sites.bundle.SiteBundle` (which imports
     this module, so it is not imported here)."""
 
-    site_id: str
-    country: str
-    adsl: pd.DataFrame
+    @property
+    def site_id(self) -> str: ...
+
+    @property
+    def country(self) -> str: ...
+
+    @property
+    def adsl(self) -> pd.DataFrame: ...
 
 
 TERMINOLOGY_FILE = "terminology.toml"

@@ -76,7 +76,6 @@ def test_an_undeclared_encoding_stops_the_run_naming_the_file_and_the_fix(
     assert 'declare encoding = "cp949" in site.toml [site]' in message
 
 
-@pytest.mark.xfail(strict=True, reason="needs protocol wiring by the lead (round-1 level check)")
 def test_a_level_outside_the_study_stops_round_one_naming_site_variable_and_value(
     tmp_path: Path,
 ) -> None:
