@@ -27,6 +27,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/trialfed synth --out $(DEMO_DIR)/vaccine --design vaccine --seed 20261128
 	@for d in $(DEMO_DIR)/vaccine/sites/*/; do $(BIN)/trialfed site check $$d --quiet || exit 1; done
+	$(BIN)/trialfed site approve $(DEMO_DIR)/vaccine/sites/JP01 experiments/plans/demo_vaccine.toml
+	@for d in $(DEMO_DIR)/vaccine/sites/*/; do $(BIN)/trialfed site approve $$d experiments/plans/demo_vaccine.toml --quiet || exit 1; done
 	$(BIN)/trialfed run experiments/plans/demo_vaccine.toml --sites $(DEMO_DIR)/vaccine/sites/* --out $(DEMO_DIR)/vaccine/results
 
 lint: setup

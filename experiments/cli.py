@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("bundle", type=Path, help="site bundle folder")
     approve.add_argument("plan", type=Path, help="analysis plan (TOML)")
     approve.add_argument("--dry-run", action="store_true", help="show only; do not approve")
+    approve.add_argument("--quiet", action="store_true", help="print only the approval line")
     approve.set_defaults(handler=_cmd_site_approve)
     keygen = site_sub.add_parser("keygen", help="create this site's authentication key pair")
     keygen.add_argument("--out", type=Path, required=True)

@@ -108,8 +108,9 @@ def main_approve(args: argparse.Namespace) -> int:
     """Entry point of ``trialfed site approve``."""
     bundle = load_bundle(args.bundle)
     plan = load_plan(args.plan)
-    for line in preview(bundle, plan):
-        print(line)
+    if not getattr(args, "quiet", False):
+        for line in preview(bundle, plan):
+            print(line)
     if getattr(args, "dry_run", False):
         print("dry run: approved_plans not changed")
         return 0
