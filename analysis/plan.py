@@ -25,7 +25,6 @@ from analysis.kinds import REGISTRY
 from analysis.kinds.base import INVALID, NAME_PATTERN, AnalysisSpec, number_key, one_of
 from analysis.terminology import default_study_levels, parse_study_levels
 
-KINDS = tuple(REGISTRY)
 STUDY_KEYS = ("id", "title", "description", "sites")
 RUN_KEYS = {
     "min_sites": number_key(0, 10_000, "sites that must answer (0 = all)", integer=True),
@@ -221,7 +220,9 @@ def _parse_analysis(table: Any, index: int, problems: list[str]) -> AnalysisSpec
     kind_name = table.get("kind")
     kind = REGISTRY.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
-        problems.append(f"{where}: kind must be one of {one_of(KINDS)}; got {kind_name!r}")
+        problems.append(
+            f"{where}: kind must be one of {one_of(tuple(REGISTRY))}; got {kind_name!r}"
+        )
         return None
     before = len(problems)
     allowed = {"name", "kind", *kind.keys}

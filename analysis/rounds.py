@@ -62,12 +62,7 @@ def round_one_queries(plan: Plan) -> list[Query]:
 def categorical_variables(plan: Plan) -> list[str]:
     """The variables whose levels the sites compare in round 1 (grouping variables, strata and
     covariates of every analysis; SEX where Table 1 counts it)."""
-    names: list[str] = []
-    for spec in plan.analyses:
-        kind = REGISTRY[spec.kind]
-        names += [*kind.grouping(spec), *kind.covariates(spec)]
-        if spec.kind == "summary":
-            names.append("SEX")
+    names = [n for spec in plan.analyses for n in REGISTRY[spec.kind].level_variables(spec)]
     return list(dict.fromkeys(names))
 
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.kinds import KINDS
+from analysis.kinds import REGISTRY
 
 ANY = "any"
 DEFAULT_MIN_CELL_COUNT = 5
@@ -110,7 +110,7 @@ def parse_policy(table: Any, file: str = "site.toml") -> tuple[SitePolicy, list[
     values: dict[str, Any] = {}
     if "allowed_analyses" in table:
         value = table["allowed_analyses"]
-        known = (*KINDS, *TRAINING_KINDS)
+        known = (*REGISTRY, *TRAINING_KINDS)
         if value == ANY:
             values["allowed_analyses"] = None
         elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):

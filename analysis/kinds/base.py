@@ -318,6 +318,11 @@ class Kind:
         """Model covariates (numeric or categorical, judged from the data at the site)."""
         return ()
 
+    def level_variables(self, spec: Any) -> tuple[str, ...]:
+        """Variables whose level names the sites compare in round 1 (default: the grouping
+        variables and covariates; a kind that counts other categories adds them)."""
+        return (*self.grouping(spec), *self.covariates(spec))
+
     def queries(self, spec: Any) -> list[Query]:
         """Round-1 queries of this analysis."""
         return []

@@ -55,6 +55,9 @@ class SummaryKind(Kind):
     def grouping(self, spec: SummaryAnalysis) -> tuple[str, ...]:
         return (spec.by,)
 
+    def level_variables(self, spec: SummaryAnalysis) -> tuple[str, ...]:
+        return (spec.by, "SEX")  # Table 1 counts the sexes
+
     def queries(self, spec: SummaryAnalysis) -> list[Query]:
         return [Query(spec.name, spec.name, "summary", by=(spec.by,))]
 
