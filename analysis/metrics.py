@@ -223,7 +223,7 @@ def brier_scores(
 
     ``survival[i, k]`` is the predicted probability that subject i is event-free at ``times[k]``.
     A subject with an event by t contributes ``S^2 / G(T_i)``, one still at risk after t
-    ``(1 - S)^2 / G(t)``, one censored by t nothing.
+    ``(1 - S)^2 / G(t)``, one censored by t nothing; a term whose G is 0 counts 0.
     """
     t = np.asarray(time, dtype=np.float64).reshape(-1)
     e = np.asarray(event, dtype=bool).reshape(-1)
@@ -231,9 +231,9 @@ def brier_scores(
     s = np.asarray(survival, dtype=np.float64).reshape(t.size, grid.size)
     g_t = censoring(grid)
     g_y = censoring(t)
-    with np.errstate(divide="ignore"):
-        inv_t = np.where(g_t > 0, 1.0 / g_t, np.inf)
-        inv_y = np.where(g_y > 0, 1.0 / g_y, np.inf)
+    # where G is 0 the weight is 0, as in scikit-survival (which sets G = inf there)
+    inv_t = np.divide(1.0, g_t, out=np.zeros_like(g_t), where=g_t > 0)
+    inv_y = np.divide(1.0, g_y, out=np.zeros_like(g_y), where=g_y > 0)
     case = (t[:, None] <= grid[None, :]) & e[:, None]
     control = t[:, None] > grid[None, :]
     case_term = np.where(case, np.square(s) * inv_y[:, None], 0.0)
@@ -271,8 +271,8 @@ def evaluation_grid(
     """Time grid for the integrated Brier score and the truncation time ``tau`` of Uno's C.
 
     From the merged training event table: the grid runs from the first event time to ``tau``,
-    the last time at which at least ``at_risk_fraction`` of the subjects are still at risk, so
-    that G stays away from zero on it.
+    the last time at which at least ``at_risk_fraction`` of the subjects are still at risk and G
+    is still positive.
 
     Returns
     -------
@@ -284,7 +284,8 @@ def evaluation_grid(
         raise ValueError("the training event table has no event")
     at_risk = table.n - np.concatenate(([0], np.cumsum(table.n_removed)[:-1]))
     first = float(table.time[np.flatnonzero(table.n_event > 0)[0]])
-    enough = np.flatnonzero(at_risk >= at_risk_fraction * table.n)
+    positive = censoring_survival(table).survival > 0
+    enough = np.flatnonzero((at_risk >= at_risk_fraction * table.n) & positive)
     tau = float(table.time[enough[-1]])
     if tau <= first:
         return np.asarray([first]), first

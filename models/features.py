@@ -14,9 +14,11 @@ when at least k subjects have a value. Suppressed levels are not in the encoder 
 reports them; the site reports how many levels it suppressed, never which. k = 0 reports all.
 
 Encoding: numeric ``(x - mean) / sd`` with the pooled mean and SD (SD 1 for a constant feature),
-a missing value as the mean (0); categorical one-hot over the pooled levels except the first in
-sorted order (the reference, as in :mod:`analysis.cox`), so an unknown, suppressed or missing
-level encodes as the reference. This module needs numpy only: it is loaded by the MLflow model.
+a missing value as the mean (0); categorical: one indicator per pooled level except the first in
+sorted order (the reference, as in :mod:`analysis.cox`), itself standardised with the pooled
+share of the level among all rows (``(d - p) / sd``; gradient methods converge much faster on
+standardised columns), so an unknown, suppressed or missing level encodes as the reference.
+This module needs numpy only: it is loaded by the MLflow model.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class FeatureEncoder:
     numeric : dict of str to (mean, sd)
     levels : dict of str to tuple of str
         Pooled levels of each categorical feature, sorted; the first is the reference.
+    level_scale : dict of str to tuple of (mean, sd)
+        Standardisation of each non-reference level's indicator.
     counts : dict
         Pooled numbers of subjects (numeric: with a value; categorical: per level), for reports.
     """
@@ -108,6 +112,7 @@ class FeatureEncoder:
     features: tuple[str, ...]
     numeric: dict[str, tuple[float, float]] = field(default_factory=dict)
     levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    level_scale: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,8 +148,10 @@ class FeatureEncoder:
                 labels = np.asarray([label(v) for v in raw], dtype=object)
                 levels = self.levels[name][1:]
                 block = np.zeros((labels.shape[0], len(levels)), dtype=np.float64)
-                for j, level in enumerate(levels):
-                    block[:, j] = labels == level
+                for j, (level, (mean, sd)) in enumerate(
+                    zip(levels, self.level_scale[name], strict=True)
+                ):
+                    block[:, j] = ((labels == level) - mean) / sd
                 blocks.append(block)
         n = len(np.asarray(columns[self.features[0]])) if self.features else 0
         return np.hstack(blocks) if blocks else np.zeros((n, 0))
@@ -167,6 +174,7 @@ class FeatureEncoder:
             "features": list(self.features),
             "numeric": {k: list(v) for k, v in self.numeric.items()},
             "levels": {k: list(v) for k, v in self.levels.items()},
+            "level_scale": {k: [list(x) for x in v] for k, v in self.level_scale.items()},
             "counts": self.counts,
         }
 
@@ -177,6 +185,10 @@ class FeatureEncoder:
             features=tuple(data["features"]),
             numeric={k: (float(v[0]), float(v[1])) for k, v in data["numeric"].items()},
             levels={k: tuple(str(x) for x in v) for k, v in data["levels"].items()},
+            level_scale={
+                k: tuple((float(m), float(sd)) for m, sd in v)
+                for k, v in data["level_scale"].items()
+            },
             counts=dict(data.get("counts", {})),
         )
 
@@ -206,7 +218,9 @@ def combine_aggregates(
     """
     numeric: dict[str, tuple[float, float]] = {}
     levels: dict[str, tuple[str, ...]] = {}
+    scales: dict[str, tuple[tuple[float, float], ...]] = {}
     counts: dict[str, Any] = {}
+    rows = sum(int(p["n"]) for p in parts)
     for name in features:
         kinds = {"numeric" if name in p["numeric"] else "levels" for p in parts}
         if len(kinds) != 1:
@@ -239,5 +253,13 @@ def combine_aggregates(
                     f"({sorted(pooled)}); it cannot be used as a predictor"
                 )
             levels[name] = tuple(sorted(pooled))
+            scales[name] = tuple(_indicator_scale(pooled[v], rows) for v in levels[name][1:])
             counts[name] = dict(sorted(pooled.items()))
-    return FeatureEncoder(tuple(features), numeric, levels, counts)
+    return FeatureEncoder(tuple(features), numeric, levels, scales, counts)
+
+
+def _indicator_scale(count: int, rows: int) -> tuple[float, float]:
+    """Mean and SD (n - 1 denominator, as for numeric features) of a 0/1 indicator."""
+    p = count / rows
+    var = p * (1.0 - p) * rows / (rows - 1) if rows > 1 else 0.0
+    return p, math.sqrt(var) if var > 0 else 1.0

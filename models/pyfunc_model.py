@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from models.features import FeatureEncoder
 from models.nets import build_model
@@ -43,11 +43,12 @@ def write_artifacts(
     }
     spec_path, weights_path = folder / "model.json", folder / "weights.npz"
     spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
-    np.savez(weights_path, **{k: np.asarray(v) for k, v in state.items()})
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in state.items()}
+    np.savez(weights_path, **arrays)
     return {SPEC_ARTIFACT: str(spec_path), WEIGHTS_ARTIFACT: str(weights_path)}
 
 
-class RiskModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class RiskModel(PythonModel):
     """Raw feature columns in, one risk score per row out."""
 
     def load_context(self, context: Any) -> None:

@@ -76,3 +76,54 @@ def run_local(bundles: list[Path], plan: str) -> tuple[TrainingOutcome, LocalGri
     """Run the plan's ``risk`` analysis over an in-process Flower Grid."""
     grid = LocalGrid(client_app(), [{"bundle": str(b)} for b in bundles])
     return run_training(grid, plan, "risk", timeout=60), grid
+
+
+ROSSI_FEATURES = ["AGE", "TRT01P", "PRIO", "RACE", "WEXP", "MAR", "PARO"]
+
+
+def write_rossi_sites(out: Path, sites: int = 3, seed: int = 0) -> list[Path]:
+    """lifelines' Rossi recidivism data (432 rows), split at random into ``sites`` bundles.
+
+    TRT01P is the financial-aid arm; the endpoint ``ARREST`` is weeks to re-arrest.
+    """
+    import numpy as np
+    from lifelines.datasets import load_rossi
+
+    df = load_rossi()
+    site_of = np.random.default_rng(seed).integers(0, sites, len(df))
+    folders = []
+    for k in range(sites):
+        rows = df[site_of == k].reset_index(drop=True)
+        ids = [f"ROSSI-{k}-{i:03d}" for i in range(len(rows))]
+        folder = out / f"S{k + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        adsl = {
+            "STUDYID": "ROSSI",
+            "USUBJID": ids,
+            "SITEID": f"S{k + 1}",
+            "TRT01P": np.where(rows.fin == 1, "Aid", "None"),
+            "AGE": rows.age,
+            "SEX": "M",
+            "PRIO": rows.prio,
+            "RACE": rows.race,
+            "WEXP": rows.wexp,
+            "MAR": rows.mar,
+            "PARO": rows.paro,
+        }
+        adtte = {
+            "USUBJID": ids,
+            "PARAMCD": "ARREST",
+            "PARAM": "Time to re-arrest (weeks)",
+            "AVAL": rows.week,
+            "CNSR": 1 - rows.arrest,
+        }
+        import pandas as pd
+
+        pd.DataFrame(adsl).to_csv(folder / "adsl.csv", index=False)
+        pd.DataFrame(adtte).to_csv(folder / "adtte.csv", index=False)
+        (folder / "site.toml").write_text(
+            f'[site]\nid = "S{k + 1}"\nname = "Rossi part {k + 1}"\ncountry = "US"\n\n' + POLICY,
+            encoding="utf-8",
+        )
+        folders.append(folder)
+    return folders
