@@ -16,7 +16,7 @@ under :data:`SITE_KEY` (the coordinator orders replies by it, so aggregation is 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +141,27 @@ def register_training(app: ClientApp, bundle_for: Callable[[Context], Path]) -> 
     app.query(STATS_ACTION)(handler(lambda b, s, _m: _stats(b, s)))
     app.train()(handler(_train))
     app.evaluate()(handler(_evaluate))
+
+
+def bundle_from_config(bundles: Sequence[Path | str] | None = None) -> Callable[[Context], Path]:
+    """``bundles[partition-id]`` (simulation) or the node config's ``bundle`` (deployment)."""
+    paths = [str(Path(b).resolve()) for b in bundles] if bundles else None
+
+    def bundle_for(context: Context) -> Path:
+        if paths is not None:
+            return Path(paths[int(context.node_config["partition-id"])])
+        bundle = context.node_config.get("bundle")
+        if not isinstance(bundle, str) or not bundle:
+            raise UserError(
+                "this SuperNode has no site bundle: start it with --node-config bundle=..."
+            )
+        return Path(bundle)
+
+    return bundle_for
+
+
+def training_client_app(bundles: Sequence[Path | str] | None = None) -> ClientApp:
+    """A ClientApp with only the training handlers (tests, benchmarks, simulation)."""
+    app = ClientApp()
+    register_training(app, bundle_from_config(bundles))
+    return app

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.clientapp import ClientApp
-
 from experiments.synth import generate_trial, write_trial
 from federation.local_grid import LocalGrid
 from federation.training import run_training
-from federation.training_client import register_training
+from federation.training_client import training_client_app
 from federation.training_outcome import TrainingOutcome
 
 POLICY = '[policy]\nmin_cell_count = 0\nallowed_analyses = ["km", "cox", "train"]\n'
@@ -65,16 +63,9 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
-def client_app() -> ClientApp:
-    """A ClientApp with the training handlers; node_config['bundle'] names the bundle."""
-    app = ClientApp()
-    register_training(app, lambda context: Path(str(context.node_config["bundle"])))
-    return app
-
-
 def run_local(bundles: list[Path], plan: str) -> tuple[TrainingOutcome, LocalGrid]:
     """Run the plan's ``risk`` analysis over an in-process Flower Grid."""
-    grid = LocalGrid(client_app(), [{"bundle": str(b)} for b in bundles])
+    grid = LocalGrid(training_client_app(), [{"bundle": str(b)} for b in bundles])
     return run_training(grid, plan, "risk", timeout=60), grid
 
 

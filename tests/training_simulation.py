@@ -18,12 +18,11 @@ from federation.simulation import ray_init_args  # its import sets Flower's and 
 def main(out: Path, plan: str, bundles: list[str]) -> int:
     """Run the plan's ``risk`` analysis; 0 when an outcome was written."""
     from flwr.app import Context
-    from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from federation.training import run_training
-    from federation.training_client import register_training
+    from federation.training_client import training_client_app
 
     sink: list[Any] = []
     server = ServerApp()
@@ -35,8 +34,7 @@ def main(out: Path, plan: str, bundles: list[str]) -> int:
         except Exception as exc:  # written out below
             sink.append(exc)
 
-    client = ClientApp()
-    register_training(client, lambda ctx: Path(bundles[int(ctx.node_config["partition-id"])]))
+    client = training_client_app(bundles)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # run_simulation is deprecated
         run_simulation(
