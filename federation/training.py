@@ -81,6 +81,12 @@ class Supervisor(Strategy):
         self.bytes = {s: {"to_site": 0, "from_site": 0} for s in sites.values()}
         self._train: dict[str, dict[str, float]] = {}
 
+    def _connected(self, grid: Grid) -> None:
+        """Fail instead of waiting: Flower's node sampling waits without a limit for nodes."""
+        gone = sorted(self.sites[n] for n in set(self.sites) - set(grid.get_node_ids()))
+        if gone:
+            raise TrainingFailed(f"site(s) {gone} are no longer connected")
+
     def _sent(self, messages: Iterable[Message], grid: Grid) -> list[Message]:
         out = list(messages)
         targets = {m.metadata.dst_node_id for m in out}
@@ -113,6 +119,7 @@ class Supervisor(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The inner strategy's messages, checked to reach every site."""
+        self._connected(grid)
         return self._sent(self.inner.configure_train(server_round, arrays, config, grid), grid)
 
     def aggregate_train(
@@ -130,6 +137,7 @@ class Supervisor(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The inner strategy's evaluation messages, checked to reach every site."""
+        self._connected(grid)
         return self._sent(self.inner.configure_evaluate(server_round, arrays, config, grid), grid)
 
     def aggregate_evaluate(
