@@ -242,10 +242,11 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         else:
             per_site = res.get("bytes_per_site", {})
-            total = [b["to_site"] + b["from_site"] for b in per_site.values()] or [0]
+            total = [b["to_site"] + b["from_site"] for b in per_site.values()]
+            sent = f"{statistics.fmean(total):,.0f}" if total else "(pooled rows)"
             lines.append(
                 f"| {label} | {res['c_index']:.3f} | (deterministic) | {res['seconds']:.1f} | "
-                f"{statistics.fmean(total):,.0f} |"
+                f"{sent} |"
             )
     lines += ["", "Configurations (plan keys):", ""]
     for label, res in doc["methods"].items():
