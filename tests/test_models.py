@@ -116,4 +116,9 @@ def test_feature_statistics_pool_exactly_and_suppress_small_levels() -> None:
     assert "D" not in encoder.levels["ARM"]
     x = encoder.encode({"AGE": age, "ARM": arm})
     np.testing.assert_allclose(x[:, 0], (age - age.mean()) / age.std(ddof=1), atol=1e-12)
-    assert x[5, 1:].sum() == 0  # an unreported level encodes as the reference
+    reference = int(np.flatnonzero(arm == "A")[0])
+    np.testing.assert_array_equal(x[5, 1:], x[reference, 1:])  # unreported level = reference
+    b = arm == "B"
+    share = b.mean()
+    sd = np.sqrt(share * (1 - share) * len(arm) / (len(arm) - 1))
+    np.testing.assert_allclose(x[:, 1], (b - share) / sd, atol=1e-12)  # standardised indicator
