@@ -14,7 +14,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from experiments.model_logging import PLAN_TAG, SITES_TAG, input_example, log_trained_model
+from experiments.model_logging import (
+    PLAN_TAG,
+    SITES_TAG,
+    input_example,
+    log_trained_model,
+    log_training_metrics,
+)
 from models.task import predict
 from tests.training_helpers import run_local, train_plan, write_bundles
 
@@ -82,4 +88,11 @@ def test_pyfunc_round_trip_on_raw_columns(tmp_path: Path) -> None:
     example = input_example(outcome)
     mean, sd = outcome.encoder.numeric["AGE"]
     assert example["AGE"].tolist() == [round(mean + sd * (k - 2) / 2, 3) for k in range(5)]
+    # metrics per round, step = round
+    log_training_metrics(client, logged[0].run_id, outcome, "risk")
+    history = client.get_metric_history(logged[0].run_id, "risk.harrell_c")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert history[-1].value == outcome.final["combined"]["harrell_c"]
+    site = outcome.sites[0]
+    assert len(client.get_metric_history(logged[0].run_id, f"risk.site.{site}.test_loss")) == 3
     mlflow.set_tracking_uri("")
