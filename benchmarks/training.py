@@ -248,7 +248,19 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {label} | {res['c_index']:.3f} | (deterministic) | {res['seconds']:.1f} | "
                 f"{sent} |"
             )
-    lines += ["", "Configurations (plan keys):", ""]
+    lines += [
+        "",
+        "Notes: an SD of 0 means every seed gave the same model: full-batch training of a",
+        "zero-initialised linear model draws no random number (seeds matter for mini-batches and",
+        "for the network's initial weights). Unpenalised, the pooled and the Newton Cox fits fail",
+        "on these 39 collinear one-hot features (their own messages above); gradient descent for",
+        "a fixed number of rounds stays finite. Bytes: Flower's protobuf encoding of the message",
+        "contents to and from each site over the whole run, mostly the plan, the encoder and the",
+        "censoring distribution that every round's messages carry.",
+        "",
+        "Configurations (plan keys):",
+        "",
+    ]
     for label, res in doc["methods"].items():
         if "config" in res:
             lines.append(f"- {label}: `{json.dumps(res['config'])}`")

@@ -272,7 +272,8 @@ def run_training(
     evaluate_config = ConfigRecord(
         {
             **common,
-            "censoring": json.dumps(censoring.to_dict()),
+            "censoring-time": [float(t) for t in censoring.time],  # binary: 8 bytes a value
+            "censoring-survival": [float(g) for g in censoring.survival],
             "grid": [float(t) for t in time_grid],
             "tau": float(tau),
         }

@@ -113,7 +113,9 @@ def _evaluate(bundle: SiteBundle, spec: TrainSpec, message: Message) -> dict[str
         spec,
         _encoder(config),
         _arrays(message.content.array_records[ARRAYS_KEY]),
-        CensoringSurvival.from_dict(json.loads(str(config["censoring"]))),
+        CensoringSurvival.from_dict(
+            {"time": config["censoring-time"], "survival": config["censoring-survival"]}
+        ),
         [float(t) for t in grid],
         _number(config, "tau"),
     )
