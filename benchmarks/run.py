@@ -249,6 +249,26 @@ def bench_profile(work: Path, n: int, timeout: float) -> dict[str, Any]:
     return {"n": n, **m.as_dict(), "profile": text}
 
 
+def bench_training(work: Path, out: Path, timeout: float, smoke: bool) -> dict[str, Any]:
+    """Federated training on Fed-TCGA-BRCA vs FLamby (benchmarks/training.py), one process.
+
+    Also writes ``out/training.md``. Skipped with a note when the public data are absent.
+    """
+    data = Path(os.environ.get("TRIALFED_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    data = data / "tcga_brca"
+    if not (data / "brca.csv").is_file():
+        return {"skipped": f"Fed-TCGA-BRCA data not found at {data}"}
+    _say("training on Fed-TCGA-BRCA")
+    folder = work / "out" / "training"
+    cmd = [sys.executable, "-m", "benchmarks.training", "--data", str(data), "--out", str(folder)]
+    cmd += ["--seeds", "2", "--smoke"] if smoke else ["--seeds", "5"]
+    m = measure(cmd, timeout)
+    if m.returncode != 0 or not (folder / "training.json").is_file():
+        return {"error_tail": m.tail, **m.as_dict()}
+    (out / "training.md").write_text((folder / "training.md").read_text())
+    return {**json.loads((folder / "training.json").read_text()), "process": m.as_dict()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m benchmarks.run``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
@@ -263,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--data", type=Path, default=None, help="work folder (default: temp)")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="fixed cox sites site deployment profile"
+        "--only",
+        nargs="*",
+        default=None,
+        help="fixed cox sites site deployment profile training",
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per command")
     parser.add_argument(
@@ -276,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (work / "out").mkdir(parents=True, exist_ok=True)  # every bench writes its JSON there
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["fixed", "cox", "sites", "site", "deployment", "profile"])
+    sections = ["fixed", "cox", "sites", "site", "deployment", "profile", "training"]
+    wanted = set(args.only or sections)
     if args.smoke:
         sizes, counts, site_n, prof_n = [2000], [2, 3], 5000, 0
     else:
@@ -317,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             docs["deployment"] = {"error": f"{type(exc).__name__}: {exc}"}
     if "profile" in wanted and prof_n:
         docs["profile"] = bench_profile(work, prof_n, args.timeout)
+    if "training" in wanted:
+        docs["training"] = bench_training(work, out, args.timeout, args.smoke)
     if not args.summary_only:
         meta["seconds"] = round(time.perf_counter() - started, 1)
         for name, doc in docs.items():
