@@ -224,27 +224,5 @@ def _parse_analysis(table: Any, index: int, problems: list[str]) -> AnalysisSpec
             f"{where}: kind must be one of {one_of(tuple(REGISTRY))}; got {kind_name!r}"
         )
         return None
-    before = len(problems)
-    allowed = {"name", "kind", *kind.keys}
-    unknown = set(table) - allowed
-    if unknown:
-        problems.append(
-            f"{where}: unknown key(s) {sorted(unknown)} for kind {kind.name!r}; "
-            f"allowed: {sorted(allowed)}"
-        )
-    missing = {k for k, rule in kind.keys.items() if rule.required} - set(table)
-    if missing:
-        problems.append(
-            f"{where}: missing required key(s) {sorted(missing)} for kind {kind.name!r}"
-        )
-    values: dict[str, Any] = {"name": name}
-    for key, rule in kind.keys.items():
-        if key in table:
-            value = rule.parse(table[key], where, key, problems)
-            if value is not INVALID:
-                values[key] = value
-    if len(problems) == before:
-        kind.check(values, where, problems)
-    if len(problems) > before:
-        return None
-    return kind.spec(**values)
+    spec: AnalysisSpec | None = kind.parse(table, where, problems)
+    return spec

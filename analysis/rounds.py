@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from analysis.errors import UserError
 from analysis.kinds import REGISTRY
 from analysis.kinds.base import Query
 from analysis.kinds.context import EstimateContext, FittedModel
 from analysis.kinds.cox_model import CoxModelDef, country_models
-from analysis.plan import Plan
+from analysis.kinds.train import TrainSpec
+from analysis.plan import Plan, parse_plan
 
 __all__ = [
     "EstimateContext",
@@ -26,6 +28,7 @@ __all__ = [
     "iterated_models",
     "plan_models",
     "round_one_queries",
+    "train_spec_from_plan",
 ]
 
 
@@ -72,3 +75,17 @@ def analysis_of(plan: Plan, query_id: str) -> str:
         if query.id == query_id:
             return query.analysis
     raise KeyError(query_id)
+
+
+def train_spec_from_plan(text: str, analysis: str, source: str = "<plan>") -> TrainSpec:
+    """The TrainSpec of the ``[[analysis]]`` named ``analysis`` in plan TOML ``text`` (the whole
+    plan is validated, as the survival protocol's sites do)."""
+    plan = parse_plan(text, source)
+    try:
+        spec = plan.analysis(analysis)
+    except KeyError:
+        names = sorted(a.name for a in plan.analyses)
+        raise UserError(f"{source}: analysis must be one of {names}; got {analysis!r}") from None
+    if not isinstance(spec, TrainSpec):
+        raise UserError(f"{source}: analysis {analysis!r} is not of kind 'train'")
+    return spec

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,9 @@ def signature(outcome: TrainingOutcome) -> Any:
     type (MLflow refuses int64 for a double column, and ADSL ages are integers: the encoder
     converts). Output: one double per row."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
+    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
-    inputs = [
+    inputs: list[ColSpec | TensorSpec] = [
         ColSpec(AnyType(), name) if name in outcome.encoder.numeric else ColSpec("string", name)
         for name in outcome.encoder.features
     ]
@@ -122,3 +123,17 @@ def log_training_metrics(client: Any, run_id: str, outcome: TrainingOutcome, pre
         ]
     for start in range(0, len(rows), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=rows[start : start + 1000])
+
+
+def log_section(
+    section: Mapping[str, Any], name: str, run_id: str, plan_sha256: str, uri: str | None
+) -> dict[str, Any]:
+    """Log the model of a ``train`` results section into run ``run_id``; the fields for the
+    section: ``model_uri`` (``mlflow.pyfunc.load_model(model_uri)`` scores a DataFrame of the
+    plan's raw feature columns) and ``model_id``."""
+    import mlflow
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    logged = log_trained_model(TrainingOutcome.from_dict(section), plan_sha256, run_id, name)
+    return {"model_uri": logged.model_uri, "model_id": logged.model_id}

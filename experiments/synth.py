@@ -430,7 +430,7 @@ def _toml_str(value: str) -> str:
 
 
 def _site_toml(info: SiteInfo, min_cell_count: int, encoding: str = DEFAULT_ENCODING) -> str:
-    analyses = ", ".join(_toml_str(a) for a in ("summary", "km", "logrank", "cox", "ve"))
+    analyses = ", ".join(_toml_str(a) for a in ("summary", "km", "logrank", "cox", "ve", "train"))
     declared = f"encoding = {_toml_str(encoding)}\n" if encoding != DEFAULT_ENCODING else ""
     return (
         "# Synthetic site bundle written by `trialfed synth`.\n"

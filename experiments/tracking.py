@@ -20,11 +20,12 @@ import subprocess
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from analysis.kinds.base import Artifact
 from experiments.presentation import presentations
 from experiments.tracking_records import (
     analysis_metrics,
@@ -197,6 +198,7 @@ class TrackedRun:
         out.mkdir(parents=True, exist_ok=True)
         if self.run_id is not None:
             results["mlflow_run_id"] = self.run_id
+            self._log_artifacts(results)
         clean = json_ready(results)
         files: dict[str, list[Path]] = {
             "results": [out / "results.json"],
@@ -238,6 +240,17 @@ class TrackedRun:
         self._terminate("FINISHED")
         return files
 
+    def _log_artifacts(self, results: dict[str, Any]) -> None:
+        """Log what the analyses declare besides tables and figures (e.g. a trained model);
+        the loggers' fields (the model's URI) go into the analysis's results.json section."""
+        for name, shown in presentations(results).items():
+            for artifact in shown.artifacts:
+                logger = ARTIFACT_LOGGERS.get(artifact.type)
+                if logger is None:
+                    raise ValueError(f"no logger for artifact type {artifact.type!r}")
+                fields = logger(artifact, str(self.run_id), self.plan_sha256, self.tracking_uri)
+                results["analyses"][name].update(fields)
+
     def _child(self, name: str, kind: str, tags: dict[str, str]) -> str:
         assert self._client is not None and self.experiment_id is not None
         run = self._client.create_run(
@@ -274,6 +287,20 @@ class TrackedRun:
             except Exception:  # noqa: BLE001
                 logger.exception("could not record the error on MLflow run %s", self.run_id)
         self._terminate(status)
+
+
+def _log_torch_model(
+    artifact: Artifact, run_id: str, plan_sha256: str, uri: str | None
+) -> dict[str, Any]:
+    from experiments.model_logging import log_section
+
+    return log_section(artifact.data, artifact.name, run_id, plan_sha256, uri)
+
+
+ARTIFACT_LOGGERS: dict[str, Callable[[Artifact, str, str, str | None], dict[str, Any]]] = {
+    "torch-model": _log_torch_model,
+}
+"""How each artifact type a kind declares is logged (by type, never by kind)."""
 
 
 @contextlib.contextmanager

@@ -34,19 +34,33 @@ def _bundle_from_node_config(context: Context) -> Path:
 
 
 def make_client_app(bundles: Sequence[Path | str] | None = None) -> ClientApp:
-    """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``."""
+    """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``.
+
+    ``query.analysis``: the survival protocol. ``query.train_stats``, ``train``, ``evaluate``:
+    federated training (:mod:`federation.training_client`), imported on first use, so a plan
+    without a ``train`` analysis never loads torch.
+    """
     app = ClientApp()
     paths = [str(Path(b).resolve()) for b in bundles] if bundles else None
 
+    def bundle_for(context: Context) -> Path:
+        if paths is not None:
+            return Path(paths[int(context.node_config["partition-id"])])
+        return _bundle_from_node_config(context)
+
     @app.query("analysis")
     def query(message: Message, context: Context) -> Message:
-        if paths is not None:
-            path = Path(paths[int(context.node_config["partition-id"])])
-        else:
-            path = _bundle_from_node_config(context)
         audit_log = context.node_config.get("audit-log")
-        return handle(message, path, Path(str(audit_log)) if audit_log else None)
+        return handle(message, bundle_for(context), Path(str(audit_log)) if audit_log else None)
 
+    def training(message: Message, context: Context) -> Message:
+        from federation.training_client import training_handlers
+
+        return training_handlers(bundle_for)[message.metadata.message_type](message, context)
+
+    app.query("train_stats")(training)
+    app.train()(training)
+    app.evaluate()(training)
     return app
 
 

@@ -51,6 +51,10 @@ Names, what trialfed uses them for, and what breaks when they change:
     Process-wide identity that ``Message(...)`` stamps on every message the ServerApp creates;
     set before the ServerApp runs, as ``run_simulation`` does. Breaks: "TaskIdentity.run_id is
     not set" on the first message.
+``message_to_proto``, ``message_from_proto``, ``recorddict_to_proto`` (``flwr.common.serde``)
+    :class:`federation.local_grid.LocalGrid` round-trips messages through protobuf as a real
+    link does; :mod:`federation.training` counts the bytes a site receives and sends. Breaks:
+    in-process training tests and the bytes-per-site figures.
 ``now`` (``flwr.supercore.date``)
     The timestamp Flower writes to ``delivered_at``; :mod:`federation.linkstate` writes the same.
 """
@@ -65,6 +69,7 @@ from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID
+from flwr.common.serde import message_from_proto, message_to_proto, recorddict_to_proto
 from flwr.server.run_serverapp import run as run_serverapp
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
@@ -101,6 +106,9 @@ __all__ = [
     "create_run",
     "in_memory_grid",
     "in_memory_state_factory",
+    "message_from_proto",
+    "message_to_proto",
+    "recorddict_to_proto",
     "now",
     "register_virtual_nodes",
     "run_runtime",

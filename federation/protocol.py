@@ -131,7 +131,11 @@ def run_plan(
 
     models = {r.id: r.fitted(_alpha(plan, r.definition.analysis)) for r in runs}
     context = EstimateContext(context.sites, context.answers, models)
-    analyses = {spec.name: _estimate(link, spec, context) for spec in plan.analyses}
+    analyses = {
+        spec.name: _estimate(link, spec, context)
+        for spec in plan.analyses
+        if REGISTRY[spec.kind].engine == "rounds"  # training kinds run after, by strategies
+    }
     return Outcome(
         analyses=analyses,
         sites=[{**link.public(s), "contributed": True} for s in link.live_sites()],

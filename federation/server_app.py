@@ -14,12 +14,32 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from analysis.kinds import REGISTRY
 from analysis.plan import Plan, parse_plan
 from federation.protocol import run_plan
 from federation.runlog import emit_failure, emit_outcome, emit_progress
 from federation.transport import GridTransport
 
 log = logging.getLogger("trialfed")
+
+
+def train(plan: Plan, grid: Grid, outcome: Any, progress: Any) -> None:
+    """Run the plan's training analyses (Flower's strategies) over the sites that answered."""
+    trained = [s for s in plan.analyses if REGISTRY[s.kind].engine == "training"]
+    if not trained:
+        return
+    from federation.training import run_training  # torch: only for plans that train
+
+    for spec in trained:
+        result = run_training(
+            grid,
+            plan.text or plan.to_toml(),
+            spec.name,
+            timeout=plan.run.round_timeout,
+            expected_nodes=len(outcome.sites),
+            progress=progress,
+        )
+        outcome.analyses[spec.name] = result.to_dict()
 
 
 def make_server_app(
@@ -38,6 +58,7 @@ def make_server_app(
             roster = str(context.run_config.get("expected-site-ids", ""))
             sites = [s.strip() for s in roster.split(",") if s.strip()]
             outcome: Any = run_plan(current, transport, progress=progress, expected_sites=sites)
+            train(current, grid, outcome, progress)
         except Exception as exc:  # handed to the launcher, which reports it
             if sink is None:
                 emit_failure(exc)

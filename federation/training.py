@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -38,9 +37,11 @@ from flwr.serverapp.strategy import (
 
 from analysis import metrics
 from analysis.errors import UserError
+from analysis.kinds.train import TrainSpec
 from analysis.km import EventTable, merge_event_tables
 from analysis.privacy import gaussian_epsilon
-from analysis.train_spec import TrainSpec, train_spec_from_plan
+from analysis.rounds import train_spec_from_plan
+from federation.flower_internals import recorddict_to_proto
 from federation.training_client import (
     ARRAYS_KEY,
     CONFIG_KEY,

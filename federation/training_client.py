@@ -25,12 +25,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from analysis.errors import UserError
+from analysis.kinds.train import TrainSpec
 from analysis.metrics import CensoringSurvival
-from analysis.train_spec import TrainSpec, train_spec_from_plan
+from analysis.plan import Plan
 from models.features import FeatureEncoder
-from sites import training
+from sites import audit, training
 from sites.bundle import SiteBundle
-from sites.queries import cached_bundle
+from sites.node import default_audit_log
+from sites.prepared import cached_bundle
 
 STATS_ACTION = "train_stats"
 """``@app.query`` action of the statistics round (message type ``query.train_stats``)."""
@@ -55,11 +57,9 @@ def _number(config: ConfigRecord, key: str, default: float | None = None) -> flo
     return float(value)
 
 
-def _request(message: Message, bundle_for: Callable[[Context], Path], context: Context) -> Any:
+def _request(message: Message, bundle: SiteBundle) -> tuple[Plan, TrainSpec]:
     config = _config(message)
-    spec = train_spec_from_plan(str(config["plan-toml"]), str(config["analysis"]), "the plan")
-    bundle = cached_bundle(bundle_for(context))
-    return config, spec, bundle
+    return training.authorize(bundle, str(config["plan-toml"]), str(config["analysis"]))
 
 
 def _reply(message: Message, records: dict[str, Any], site_id: str) -> Message:
@@ -69,6 +69,29 @@ def _reply(message: Message, records: dict[str, Any], site_id: str) -> Message:
 
 def _refusal(message: Message, error: UserError, site: str) -> Message:
     return _reply(message, {ERROR_KEY: ConfigRecord({"message": str(error)})}, site)
+
+
+def _asked(message: Message) -> dict[str, Any]:
+    """The audit fields of a training request (what was asked, never data)."""
+    config = message.content.config_records.get(CONFIG_KEY, ConfigRecord())
+    return {
+        "round": config.get("server-round"),
+        "asked": [
+            {
+                "train": str(config.get("analysis")),
+                "action": message.metadata.message_type,
+                "round": config.get("server-round"),
+            }
+        ],
+    }
+
+
+def _digest(reply: Message) -> dict[str, Any]:
+    """What left: a digest and a count of numbers of the reply's arrays and metrics."""
+    content = reply.content
+    arrays = {k: {n: a.numpy() for n, a in r.items()} for k, r in content.array_records.items()}
+    metrics = {k: dict(r) for k, r in content.metric_records.items()}
+    return audit.released({"arrays": arrays, "metrics": metrics})
 
 
 def _arrays(record: ArrayRecord) -> list[np.ndarray]:
@@ -123,26 +146,51 @@ def _evaluate(bundle: SiteBundle, spec: TrainSpec, message: Message) -> dict[str
     return {METRICS_KEY: MetricRecord(record)}
 
 
-def register_training(app: ClientApp, bundle_for: Callable[[Context], Path]) -> None:
-    """Add the training handlers to ``app``; ``bundle_for(context)`` is the site's bundle folder."""
+Handler = Callable[[Message, Context], Message]
+
+
+def training_handlers(bundle_for: Callable[[Context], Path]) -> dict[str, Handler]:
+    """The handlers by message type: ``query.train_stats``, ``train``, ``evaluate``."""
 
     def handler(
         work: Callable[[SiteBundle, TrainSpec, Message], dict[str, Any]],
     ) -> Callable[[Message, Context], Message]:
         def handle(message: Message, context: Context) -> Message:
-            site = str(context.node_id)
+            path = bundle_for(context)
+            site, fields = path.name, _asked(message)
             try:
-                _, spec, bundle = _request(message, bundle_for, context)
+                bundle = cached_bundle(path)
                 site = bundle.site_id
-                return _reply(message, work(bundle, spec, message), site)
+                plan, spec = _request(message, bundle)
+                fields.update(plan_sha256=plan.sha256, study=plan.study_id)
+                reply = _reply(message, work(bundle, spec, message), site)
+                fields.update(outcome="answered", released=_digest(reply))
+            except UserError as exc:
+                reply = _refusal(message, exc, site)
+                fields.update(outcome="refused", rule="training", message=str(exc))
+            # every request is in the site's audit log before the reply leaves (fail closed)
+            log = context.node_config.get("audit-log")
+            try:
+                audit.record(Path(str(log)) if log else default_audit_log(path), site, fields)
             except UserError as exc:
                 return _refusal(message, exc, site)
+            return reply
 
         return handle
 
-    app.query(STATS_ACTION)(handler(lambda b, s, _m: _stats(b, s)))
-    app.train()(handler(_train))
-    app.evaluate()(handler(_evaluate))
+    return {
+        f"query.{STATS_ACTION}": handler(lambda b, s, _m: _stats(b, s)),
+        "train": handler(_train),
+        "evaluate": handler(_evaluate),
+    }
+
+
+def register_training(app: ClientApp, bundle_for: Callable[[Context], Path]) -> None:
+    """Add the training handlers to ``app``; ``bundle_for(context)`` is the site's bundle folder."""
+    handlers = training_handlers(bundle_for)
+    app.query(STATS_ACTION)(handlers[f"query.{STATS_ACTION}"])
+    app.train()(handlers["train"])
+    app.evaluate()(handlers["evaluate"])
 
 
 def bundle_from_config(bundles: Sequence[Path | str] | None = None) -> Callable[[Context], Path]:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
+from analysis.kinds.train import TrainSpec, parse_train
 from analysis.privacy import PrivacySpent
-from analysis.train_spec import TrainSpec
 from models.features import FeatureEncoder
 from models.nets import build_model
 from models.task import set_parameters
@@ -142,7 +142,38 @@ class TrainingOutcome:
                 "privacy": self.privacy.to_dict() if self.privacy else None,
                 "bytes_per_site": self.bytes,
                 "seconds": self.seconds,
+                # the trained weights: a reviewer (or `trialfed results`) can rebuild the model
+                "state": {k: np.asarray(v).tolist() for k, v in self.state.items()},
             }
+        )
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> TrainingOutcome:
+        """Rebuild from :meth:`to_dict` (results.json): spec, encoder and weights."""
+        problems: list[str] = []
+        defaults = {f.name: f.default for f in fields(TrainSpec)}
+        table = {
+            k: v
+            for k, v in section["spec"].items()
+            if v is not None and (k not in defaults or k == "name" or v != defaults[k])
+        }
+        hidden = table.get("hidden")
+        if hidden is not None and tuple(hidden) == defaults["hidden"]:
+            del table["hidden"]
+        spec = parse_train(table, problems)
+        if spec is None:
+            raise ValueError("; ".join(problems))
+        privacy = section.get("privacy")
+        return cls(
+            spec=spec,
+            encoder=FeatureEncoder.from_dict(section["features"]),
+            state={k: np.asarray(v, dtype=np.float64) for k, v in section["state"].items()},
+            sites=list(section["sites"]),
+            site_sizes=dict(section.get("site_sizes") or {}),
+            history=list(section.get("history") or []),
+            privacy=PrivacySpent(**privacy) if privacy else None,
+            seconds=float(section.get("seconds") or 0.0),
+            evaluation=dict(section.get("evaluation") or {}),
         )
 
 

@@ -41,8 +41,6 @@ from analysis.kinds import REGISTRY
 ANY = "any"
 DEFAULT_MIN_CELL_COUNT = 5
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-TRAINING_KINDS = ("train",)
-"""Kinds a policy may name that run outside the survival protocol (federated training)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ def parse_policy(table: Any, file: str = "site.toml") -> tuple[SitePolicy, list[
     values: dict[str, Any] = {}
     if "allowed_analyses" in table:
         value = table["allowed_analyses"]
-        known = (*REGISTRY, *TRAINING_KINDS)
+        known = tuple(REGISTRY)
         if value == ANY:
             values["allowed_analyses"] = None
         elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):

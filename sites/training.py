@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,34 +33,47 @@ from numpy.typing import NDArray
 from analysis import metrics
 from analysis.data import SurvivalData
 from analysis.errors import UserError
+from analysis.kinds.train import TrainSpec
 from analysis.km import event_table
+from analysis.plan import Plan, parse_plan
 from analysis.privacy import gaussian_epsilon
-from analysis.train_spec import TrainSpec
+from analysis.rounds import train_spec_from_plan
 from models.features import FeatureEncoder, feature_aggregates, label
 from models.nets import build_model
 from models.task import SiteData, evaluate_local, get_parameters, set_parameters, site_data
 from models.task import train_local as run_epochs
+from sites import disclosure
 from sites.bundle import SiteBundle
 
 SPLIT_SALT = "trialfed-test-split:"
 """Prefix of the hashed USUBJID (changing it changes every test_fraction split)."""
 
 
-def check_policy(site_id: str, policy: Mapping[str, Any], spec: TrainSpec) -> None:
-    """Refuse (UserError naming the policy key) unless the site's policy allows this training."""
-    allowed = policy.get("allowed_analyses")
-    if not isinstance(allowed, list) or "train" not in allowed:
+def check_policy(bundle: SiteBundle, spec: TrainSpec) -> None:
+    """Refuse (UserError naming the policy key) unless the site's policy allows this training.
+
+    ``allowed_analyses`` must allow ``train``; ``require_dp_epsilon_max`` needs the plan's ``dp``
+    within it; a site that requires secure aggregation refuses training (model updates are not
+    summed under secure aggregation); features that are identifiers, dates or too fine at the
+    site are refused by the disclosure rules.
+    """
+    site_id, rules = bundle.site_id, bundle.rules
+    if not rules.allows("train"):
         raise UserError(
             f"site {site_id} refuses analysis {spec.name!r}: its policy allowed_analyses "
-            f"({allowed!r}) does not include 'train'"
+            f"{list(rules.allowed_analyses or ())} does not include 'train'"
         )
-    limit = policy.get("require_dp_epsilon_max")
+    if rules.require_secure_aggregation:
+        raise UserError(
+            f"site {site_id} refuses analysis {spec.name!r}: its policy "
+            "require_secure_aggregation = true, and training updates are not securely summed"
+        )
+    problem = disclosure.variables_problem(bundle, spec, (), spec.features)
+    if problem:
+        raise UserError(f"site {site_id} refuses analysis {spec.name!r}: {problem[1]}")
+    limit = rules.require_dp_epsilon_max
     if limit is None:
         return
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
-        raise UserError(
-            f"site {site_id}: policy require_dp_epsilon_max must be a number > 0; got {limit!r}"
-        )
     if spec.dp is None:
         raise UserError(
             f"site {site_id} refuses analysis {spec.name!r}: its policy require_dp_epsilon_max = "
@@ -75,10 +88,20 @@ def check_policy(site_id: str, policy: Mapping[str, Any], spec: TrainSpec) -> No
         )
 
 
-def min_cell_count(policy: Mapping[str, Any]) -> int:
-    """The site's ``min_cell_count`` (0 when the policy has none)."""
-    k = policy.get("min_cell_count", 0)
-    return int(k) if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
+def authorize(bundle: SiteBundle, plan_text: str, analysis: str) -> tuple[Plan, TrainSpec]:
+    """The plan and its training analysis, once this site's rules allow answering them: the
+    plan parsed by the site's own code, approved (``approved_plans``), naming this site if it
+    names sites, and the analysis allowed by :func:`check_policy`."""
+    plan = parse_plan(plan_text, "the coordinator's plan")
+    if not bundle.rules.approves(plan.sha256):
+        raise UserError(
+            f"site {bundle.site_id} has not approved plan {plan.sha256} (study {plan.study_id})"
+        )
+    if plan.sites and bundle.site_id not in plan.sites:
+        raise UserError(f"plan {plan.study_id} does not name site {bundle.site_id}")
+    spec = train_spec_from_plan(plan_text, analysis, "the coordinator's plan")
+    check_policy(bundle, spec)
+    return plan, spec
 
 
 def _unit_hash(text: str) -> float:
@@ -143,11 +166,11 @@ def _prepared(
 
 def site_stats(bundle: SiteBundle, spec: TrainSpec) -> dict[str, Any]:
     """Feature aggregates and event table of the training split, with the split's sizes."""
-    check_policy(bundle.site_id, bundle.policy, spec)
+    check_policy(bundle, spec)
     parts = split(bundle, spec)
     if parts.train.n == 0:
         raise UserError(f"site {bundle.site_id}: no training subjects for analysis {spec.name!r}")
-    k = min_cell_count(bundle.policy)
+    k = bundle.rules.min_cell_count
     return {
         "site": bundle.site_id,
         "n_train": parts.train.n,
@@ -178,7 +201,7 @@ def site_train(
     proximal_mu: float = 0.0,
 ) -> tuple[list[NDArray[np.float64]], dict[str, float]]:
     """Local epochs from the coordinator's ``arrays``; the new arrays and training metrics."""
-    check_policy(bundle.site_id, bundle.policy, spec)
+    check_policy(bundle, spec)
     train, _ = _prepared(bundle, spec, encoder)
     model = _model(spec, encoder, arrays)
     loss = run_epochs(
@@ -205,7 +228,7 @@ def site_evaluate(
     tau: float,
 ) -> dict[str, float]:
     """Losses and the site halves of the metrics for the coordinator's ``arrays``."""
-    check_policy(bundle.site_id, bundle.policy, spec)
+    check_policy(bundle, spec)
     train, test = _prepared(bundle, spec, encoder)
     model = _model(spec, encoder, arrays)
     train_loss, train_risk = evaluate_local(model, train)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from analysis.errors import UserError
-from analysis.train_spec import DPSpec, parse_train_spec, train_spec_from_plan
+from analysis.kinds.train import DPSpec, parse_train_spec
+from analysis.rounds import train_spec_from_plan
 from tests.training_helpers import train_plan
 
 BASE: dict[str, Any] = {

@@ -23,7 +23,7 @@ from statsmodels.duration.hazard_regression import PHReg
 from analysis import cox
 from analysis.data import SurvivalData
 from analysis.privacy import gaussian_epsilon
-from analysis.train_spec import train_spec_from_plan
+from analysis.rounds import train_spec_from_plan
 from federation.training import TrainingFailed
 from sites.bundle import load_bundle
 from sites.training import split

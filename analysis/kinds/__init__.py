@@ -4,7 +4,7 @@ Adding a kind is adding a module here (and its tests) and importing it below; se
 :mod:`analysis.kinds.base` for what a kind declares.
 """
 
-from analysis.kinds import cox, km, logrank, summary, ve
+from analysis.kinds import cox, km, logrank, summary, train, ve
 from analysis.kinds.base import REGISTRY, AnalysisSpec, Kind, Presentation, Query
 
 KINDS = tuple(REGISTRY)
@@ -21,5 +21,6 @@ __all__ = [
     "km",
     "logrank",
     "summary",
+    "train",
     "ve",
 ]

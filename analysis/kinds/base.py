@@ -283,6 +283,16 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """Something logged with the run besides tables and figures; ``type`` names the logger in
+    ``experiments`` (e.g. ``torch-model``: a trained model, loadable with mlflow.pyfunc)."""
+
+    type: str
+    name: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Presentation:
     """Everything the renderers need for one analysis."""
 
@@ -292,6 +302,7 @@ class Presentation:
     figures: tuple[Figure, ...] = ()
     metrics: tuple[Metric, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    artifacts: tuple[Artifact, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,12 +311,45 @@ class Presentation:
 
 
 class Kind:
-    """One analysis kind; subclasses set the class attributes and override the methods."""
+    """One analysis kind; subclasses set the class attributes and override the methods.
+
+    ``engine`` says who runs it: ``"rounds"`` (the survival protocol: round-1 queries and Cox
+    iterations, :mod:`federation.protocol`) or ``"training"`` (Flower's training strategies,
+    :mod:`federation.training`).
+    """
 
     name: ClassVar[str]
     title: ClassVar[str]
     spec: ClassVar[type[AnalysisSpec]]
     keys: ClassVar[Mapping[str, Key]]
+    engine: ClassVar[str] = "rounds"
+
+    def parse(self, table: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+        """The validated spec of one ``[[analysis]]`` table, or None after adding problems."""
+        before = len(problems)
+        allowed = {"name", "kind", *self.keys}
+        unknown = set(table) - allowed
+        if unknown:
+            problems.append(
+                f"{where}: unknown key(s) {sorted(unknown)} for kind {self.name!r}; "
+                f"allowed: {sorted(allowed)}"
+            )
+        missing = {k for k, rule in self.keys.items() if rule.required} - set(table)
+        if missing:
+            problems.append(
+                f"{where}: missing required key(s) {sorted(missing)} for kind {self.name!r}"
+            )
+        values: dict[str, Any] = {"name": table["name"]}
+        for key, rule in self.keys.items():
+            if key in table:
+                value = rule.parse(table[key], where, key, problems)
+                if value is not INVALID:
+                    values[key] = value
+        if len(problems) == before:
+            self.check(values, where, problems)
+        if len(problems) > before:
+            return None
+        return self.spec(**values)
 
     def check(self, values: dict[str, Any], where: str, problems: list[str]) -> None:
         """Rules that involve several keys (after each key parsed on its own)."""

@@ -27,12 +27,22 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 from analysis.errors import UserError
+from analysis.kinds.base import (
+    AnalysisSpec,
+    Artifact,
+    Column,
+    Key,
+    Kind,
+    Metric,
+    Presentation,
+    Table,
+    register,
+)
 
 MODELS = ("cox-linear", "deepsurv", "logistic")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -74,10 +84,9 @@ class DPSpec:
 
 
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(AnalysisSpec):
     """One validated ``kind = "train"`` analysis."""
 
-    name: str
     param: str
     model: str
     features: tuple[str, ...]
@@ -96,11 +105,12 @@ class TrainSpec:
     hidden: tuple[int, ...] = (32, 16)
     landmark: float = 0.0
     dp: DPSpec | None = None
-    kind: str = "train"
+
+    kind: ClassVar[str] = "train"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (for results.json and MLflow params)."""
-        return asdict(self)
+        return {"kind": self.kind, **asdict(self)}
 
 
 Check = tuple[Callable[[Any], bool], str]
@@ -291,17 +301,111 @@ def parse_train_spec(table: Mapping[str, Any], source: str = "<plan>") -> TrainS
     return spec
 
 
-def train_spec_from_plan(text: str, analysis: str, source: str = "<plan>") -> TrainSpec:
-    """The TrainSpec of the ``[[analysis]]`` named ``analysis`` in plan TOML ``text``."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{source}: not valid TOML: {exc}") from None
-    tables = raw.get("analysis", [])
-    found = [t for t in tables if isinstance(t, dict) and t.get("name") == analysis]
-    if not found:
-        names = sorted(str(t.get("name")) for t in tables if isinstance(t, dict))
-        raise UserError(f"{source}: analysis must be one of {names}; got {analysis!r}")
-    if found[0].get("kind") != "train":
-        raise UserError(f"{source}: analysis {analysis!r} is not of kind 'train'")
-    return parse_train_spec(found[0], source)
+# ---------------------------------------------------------------------------------------------
+# The registry entry: parsed by parse_train, run by Flower's strategies (federation.training)
+# ---------------------------------------------------------------------------------------------
+
+_SITE_COLUMNS = (
+    ("n_test", "N test", "int"),
+    ("harrell_c", "Harrell's C", "num"),
+    ("uno_c", "Uno's C", "num"),
+    ("ibs", "Integrated Brier", "num"),
+    ("brier", "Brier at landmark", "num"),
+    ("test_loss", "Test loss", "num"),
+)
+
+
+@register
+class TrainKind(Kind):
+    """Federated training of a torch model (models/) through Flower's strategies."""
+
+    name = "train"
+    title = "Federated model training"
+    spec = TrainSpec
+    keys: ClassVar[Mapping[str, Key]] = {}
+    engine = "training"
+
+    def parse(self, table: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+        return parse_train(table, problems)
+
+    def dump(self, spec: AnalysisSpec) -> dict[str, Any]:
+        assert isinstance(spec, TrainSpec)
+        table: dict[str, Any] = {"name": spec.name, "kind": self.name}
+        for item in fields(spec):
+            value = getattr(spec, item.name)
+            if item.name == "name" or value == item.default:
+                continue
+            if isinstance(value, DPSpec):
+                value = asdict(value)
+            table[item.name] = list(value) if isinstance(value, tuple) else value
+        return table
+
+    def covariates(self, spec: TrainSpec) -> tuple[str, ...]:
+        return spec.features
+
+    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
+        spec = result.get("spec") or {}
+        final = result.get("final") or {}
+        combined = final.get("combined") or {}
+        present = [
+            c for c in _SITE_COLUMNS if any(c[0] in v for v in (final.get("sites") or {}).values())
+        ]
+        columns = (Column("site", "Site"), *(Column(k, label, f) for k, label, f in present))
+        rows = [{"site": site, **values} for site, values in (final.get("sites") or {}).items()]
+        rows.append({"site": "combined", **combined})
+        tables = [
+            Table(
+                name,
+                f"{spec.get('model')} trained with {spec.get('strategy')}: test-set evaluation "
+                f"after round {final.get('round')}",
+                columns,
+                tuple(rows),
+                notes=(
+                    "combined C-index: concordant over comparable pairs summed across sites "
+                    "(within-site pairs); Brier scores weighted by test subjects",
+                ),
+            )
+        ]
+        if result.get("coefficients"):
+            tables.append(
+                Table(
+                    f"{name}_coefficients",
+                    "Coefficients (on the encoded, scaled features)",
+                    (Column("term", "Term"), Column("coef", "Coefficient", "num")),
+                    tuple({"term": t, "coef": c} for t, c in result["coefficients"].items()),
+                )
+            )
+        metrics = [
+            Metric((key,), value, headline=key in {"harrell_c", "uno_c", "ibs"})
+            for key, value in combined.items()
+        ]
+        for entry in result.get("history") or []:
+            for key, value in (entry.get("combined") or {}).items():
+                metrics.append(Metric((key,), value, step=int(entry["round"])))
+        privacy = result.get("privacy")
+        if privacy:
+            metrics += [
+                Metric(("dp_epsilon",), privacy.get("epsilon"), headline=True),
+                Metric(("dp_delta",), privacy.get("delta")),
+            ]
+        return Presentation(
+            heading=(
+                f"federated {spec.get('model')} model of {spec.get('param')} on "
+                f"{', '.join(spec.get('features') or [])}"
+            ),
+            lines=tuple(
+                [f"{len(result.get('sites') or [])} sites, {spec.get('rounds')} rounds"]
+                + (
+                    [
+                        f"differential privacy: epsilon = {privacy.get('epsilon'):.3g} at delta = "
+                        f"{privacy.get('delta'):g}"
+                    ]
+                    if privacy
+                    else []
+                )
+            ),
+            tables=tuple(tables),
+            metrics=tuple(metrics),
+            artifacts=(Artifact("torch-model", name, dict(result)),),
+            params={k: spec.get(k) for k in ("model", "strategy", "rounds", "lr", "seed", "param")},
+        )
