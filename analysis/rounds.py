@@ -23,7 +23,6 @@ from analysis.plan import Plan, parse_plan
 __all__ = [
     "EstimateContext",
     "FittedModel",
-    "analysis_of",
     "categorical_variables",
     "iterated_models",
     "plan_models",
@@ -67,14 +66,6 @@ def categorical_variables(plan: Plan) -> list[str]:
     covariates of every analysis; SEX where Table 1 counts it)."""
     names = [n for spec in plan.analyses for n in REGISTRY[spec.kind].level_variables(spec)]
     return list(dict.fromkeys(names))
-
-
-def analysis_of(plan: Plan, query_id: str) -> str:
-    """The analysis a round-1 query belongs to (for refusals)."""
-    for query in round_one_queries(plan):
-        if query.id == query_id:
-            return query.analysis
-    raise KeyError(query_id)
 
 
 def train_spec_from_plan(text: str, analysis: str, source: str = "<plan>") -> TrainSpec:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,6 @@ FloatArray = NDArray[np.float64]
 
 class BetaRefused(Exception):
     """The coefficient vector does not follow from the plan's iteration (message says why)."""
-
-
-@dataclass(frozen=True)
-class ModelPoints:
-    """The points evaluated so far for one model of one plan on one data version."""
-
-    points: tuple[tuple[float, ...], ...]
 
 
 def _scaled(beta: FloatArray, scale: FloatArray) -> FloatArray:
