@@ -8,6 +8,7 @@ from typing import Any
 from experiments.presentation import (
     effect_text,
     locale_for,
+    notation,
     presentations,
     primary,
     text_table,
@@ -61,5 +62,5 @@ def format_results(results: dict[str, Any], lang: str | None = None) -> str:
             if not table.detail:
                 lines += text_table(table, loc=loc)
     lines.append("")
-    lines.append(loc.t("report.notation"))
+    lines.append(notation(shown, loc))
     return "\n".join(lines)

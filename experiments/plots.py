@@ -112,61 +112,91 @@ def _percent_limit(values: list[float]) -> float:
     return 100.0
 
 
-def plot_km(spec: FigureSpec) -> Figure:
-    """Kaplan-Meier curves by group: percent scale, CI bands, censor marks, number at risk."""
-    data = spec.data
-    groups: Mapping[str, Any] = data["groups"]
-    roles = data.get("roles") or {}
-    levels = _ordered(list(groups), roles)
-    colors = arm_colors(levels, roles)
-    incidence = bool(data.get("incidence"))
-    grid = risk_table_times(groups)
-    table_h = 0.35 + 0.22 * len(levels)
-    height = 4.4 + table_h
-    fig = _new_figure(8.0, height)
-    ax = fig.add_axes((0.24, (table_h + 0.6) / height, 0.72, 3.3 / height))
-    table = fig.add_axes((0.24, 0.05 / height, 0.72, (table_h - 0.3) / height), sharex=ax)
-    tops: list[float] = []
+def _km_curve(
+    ax: Any, g: Mapping[str, Any], color: str, label: str, incidence: bool
+) -> list[float]:
+    """One group's step curve, CI band and censor marks in percent; returns its estimates."""
+    t = [0.0] + _float(g["time"])
+    s = [1.0] + _float(g["survival"])
+    lo = [1.0] + _float(g.get("ci_lower") or [None] * (len(t) - 1))
+    hi = [1.0] + _float(g.get("ci_upper") or [None] * (len(t) - 1))
+    if incidence:
+        s, lo, hi = [1 - v for v in s], [1 - v for v in hi], [1 - v for v in lo]
+    pct = [100 * v for v in s]
+    ax.step(t, pct, where="post", color=color, lw=1.6, label=label)
+    band = ([100 * v for v in lo], [100 * v for v in hi])
+    ax.fill_between(t, *band, step="post", color=color, alpha=0.15, lw=0)
+    cens = [
+        (ti, si)
+        for ti, si, c in zip(t[1:], pct[1:], g.get("censored") or [], strict=False)
+        if c and c > 0
+    ]
+    if cens:
+        ax.plot(*zip(*cens, strict=True), ls="none", marker="+", ms=5, mew=0.9, color=color)
+    return s
+
+
+def _risk_table(
+    table: Any, data: Mapping[str, Any], levels: Sequence[str], colors: Mapping[str, str]
+) -> None:
+    """Numbers at risk under the x ticks, one row per group in its colour."""
+    grid = risk_table_times(data["groups"])
+    left = table.get_yaxis_transform()
     for i, level in enumerate(levels):
-        g, color = groups[level], colors[level]
-        t = [0.0] + _float(g["time"])
-        s = [1.0] + _float(g["survival"])
-        lo = [1.0] + _float(g.get("ci_lower") or [None] * (len(t) - 1))
-        hi = [1.0] + _float(g.get("ci_upper") or [None] * (len(t) - 1))
-        if incidence:
-            s, lo, hi = [1 - v for v in s], [1 - v for v in hi], [1 - v for v in lo]
-            tops += s
-        pct = [100 * v for v in s]
-        ax.step(t, pct, where="post", color=color, lw=1.6, label=data["legend"][level])
-        ax.fill_between(
-            t,
-            [100 * v for v in lo],
-            [100 * v for v in hi],
-            step="post",
-            color=color,
-            alpha=0.15,
-            lw=0,
-        )
-        cens = [
-            (ti, si)
-            for ti, si, c in zip(t[1:], pct[1:], g.get("censored") or [], strict=False)
-            if c and c > 0
-        ]
-        if cens:
-            ax.plot(*zip(*cens, strict=True), ls="none", marker="+", ms=5, mew=0.9, color=color)
-        label = data["labels"][level]
-        table.text(
-            -0.06,
-            -i,
-            label,
+        color = colors[level]
+        table.annotate(
+            data["labels"][level],
+            xy=(0.0, -i),
+            xycoords=left,
+            xytext=(-26, 0),
+            textcoords="offset points",
             ha="right",
             va="center",
             color=color,
-            transform=table.get_yaxis_transform(),
         )
         for x in grid:
-            table.text(x, -i, f"{at_risk_at(g, x):,}", ha="center", va="center", color=color)
-    ax.set_ylim(0.0, _percent_limit(tops) if incidence else 101.0)
+            count = at_risk_at(data["groups"][level], x)
+            table.text(x, -i, f"{count:,}", ha="center", va="center", color=color)
+    table.set_ylim(-len(levels) + 0.5, 1.0)
+    table.annotate(
+        data.get("risk_title", ""),
+        xy=(0.0, 0.9),
+        xycoords=left,
+        xytext=(-26, 0),
+        textcoords="offset points",
+        ha="right",
+        va="center",
+        fontweight="bold",
+    )
+    table.axis("off")
+
+
+def plot_km(spec: FigureSpec) -> Figure:
+    """Kaplan-Meier curves by group: title, legend above the plot, percent scale, CI bands,
+    censor marks, and the number at risk under regular ticks over the whole follow-up."""
+    data = spec.data
+    roles = data.get("roles") or {}
+    levels = _ordered(list(data["groups"]), roles)
+    colors = arm_colors(levels, roles)
+    incidence = bool(data.get("incidence"))
+    grid = risk_table_times(data["groups"])
+    # heights in inches, top to bottom: title, legend, plot, axis and note, risk table
+    legend_h, plot_h, axis_h = 0.2 * (len(levels) + 1) + 0.1, 3.2, 0.85
+    table_h = 0.3 + 0.22 * (len(levels) + 1)
+    height = 0.35 + legend_h + plot_h + axis_h + table_h
+    fig = _new_figure(8.0, height)
+    left, width = 0.27, 0.69
+    ax = fig.add_axes((left, (table_h + axis_h) / height, width, plot_h / height))
+    table = fig.add_axes((left, 0.05 / height, width, (table_h - 0.1) / height), sharex=ax)
+    estimates = [
+        v
+        for level in levels
+        for v in _km_curve(
+            ax, data["groups"][level], colors[level], data["legend"][level], incidence
+        )
+    ]
+    _risk_table(table, data, levels, colors)
+    ax.set_ylim(0.0, _percent_limit(estimates) if incidence else 101.0)
     ax.set_xlim(0.0, grid[-1] if len(grid) > 1 else None)
     ax.set_xticks(grid)
     ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:,.0f}")
@@ -174,42 +204,56 @@ def plot_km(spec: FigureSpec) -> Figure:
     ax.set_ylabel(data["ylabel"])
     ax.set_xlabel(data["xlabel"])
     ax.grid(alpha=0.3, lw=0.5)
-    ax.legend(
-        loc="upper left" if incidence else "lower left",
+    top = 1 - 0.35 / height
+    fig.text(0.01, 1 - 0.08 / height, spec.title, ha="left", va="top", fontsize=10.5)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        loc="upper left",
+        bbox_to_anchor=(left, top),
         frameon=False,
         title=data.get("legend_title"),
         alignment="left",
+        borderaxespad=0.0,
     )
-    ax.set_title(spec.title, loc="left")
-    ax.text(
-        1.0,
-        -0.2,
+    fig.text(
+        left + width,
+        (table_h + 0.12) / height,
         data.get("note", ""),
-        transform=ax.transAxes,
         ha="right",
-        va="top",
+        va="bottom",
         fontsize=7.5,
         color="#444444",
     )
-    table.set_ylim(-len(levels) + 0.5, 0.9)
-    table.text(
-        -0.06,
-        0.75,
-        data.get("risk_title", ""),
-        ha="right",
-        va="center",
-        fontweight="bold",
-        transform=table.get_yaxis_transform(),
-    )
-    table.axis("off")
     return fig
 
 
 _FOREST_COLUMNS = (0.665, 0.79, 0.945)
 
 
+def _wrap(text: str, limit: int = 64) -> list[str]:
+    """``text`` in lines of at most ``limit`` columns (CJK characters count two), broken
+    between words where it has spaces."""
+    from experiments.presentation import width
+
+    lines, line = [], ""
+    for token in re.findall(r"\S+\s*|\s+", text) if " " in text else list(text):
+        if line and width(line + token.rstrip()) > limit:
+            lines.append(line.rstrip())
+            line = ""
+        line += token
+    return [*lines, line.rstrip()] if line.strip() else lines
+
+
 def _forest_rows(specs: Sequence[FigureSpec]) -> list[dict[str, Any]]:
-    return [dict(row) for spec in specs for row in spec.data.get("rows", [])]
+    """The rows of every spec; a long heading row becomes several heading rows."""
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        for row in spec.data.get("rows", []):
+            if row.get("header"):
+                rows += [{**row, "label": line} for line in _wrap(str(row["label"]))]
+            else:
+                rows.append(dict(row))
+    return rows
 
 
 def _scaled(value: Any, scale: float) -> float:
@@ -295,7 +339,7 @@ def plot_forest(specs: Sequence[FigureSpec], loc: Locale) -> Figure | None:
     ax.set_yticks([])
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    ax.set_xlabel(first.get("axis", ""), labelpad=14 if favours else 4)
+    ax.set_xlabel(first.get("axis", ""), labelpad=16 if favours else 4)
     for i, note in enumerate(dict.fromkeys(notes)):
         fig.text(0.01, (0.12 + 0.2 * i) / height, note, ha="left", va="bottom", fontsize=8)
     fig.suptitle(specs[0].title, x=0.01, ha="left", y=1 - 0.12 / height, va="top", fontsize=10)

@@ -132,6 +132,14 @@ def effect_text(effect: Effect, loc: Locale, method: bool = False) -> str:
     return text
 
 
+def notation(shown: Mapping[str, Presentation], loc: Locale) -> str:
+    """The abbreviations footnote (VE only where an analysis reports vaccine efficacy)."""
+    text = loc.t("report.notation")
+    if any(e.measure == "ve" for item in shown.values() for e in item.effects):
+        text += " " + loc.t("report.notation_ve")
+    return text
+
+
 def refused(name: str, result: Mapping[str, Any], loc: Locale | None = None) -> Presentation:
     """An analysis too few sites answered: who refused, by which rule."""
     loc = loc or Locale()

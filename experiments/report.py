@@ -25,7 +25,14 @@ from analysis.base import json_safe
 from analysis.kinds.base import Presentation, Table
 from analysis.kinds.format import Locale
 from experiments import fonts
-from experiments.presentation import cells, effect_text, locale_for, presentations, primary
+from experiments.presentation import (
+    cells,
+    effect_text,
+    locale_for,
+    notation,
+    presentations,
+    primary,
+)
 from experiments.report_data import (
     data_section,
     flow_rows,
@@ -207,7 +214,7 @@ def render_report(
     parts.append(f"<h2>{_e(loc.t('report.provenance'))}</h2><dl>")
     for key, value in provenance_rows(results, provenance, loc, datetime.now(UTC)):
         parts.append(f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>")
-    parts.append(f"</dl><p class='note'>{_e(loc.t('report.notation'))}</p>")
+    parts.append(f"</dl><p class='note'>{_e(notation(shown, loc))}</p>")
     parts.append(f"<h2>{_e(loc.t('report.plan'))}</h2><pre>{_e(plan_text)}</pre>")
     body = "\n".join(parts)
     font_css = fonts.font_face_css(html.unescape(title + body), loc.lang)

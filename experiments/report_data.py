@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from analysis.kinds import messages
 from analysis.kinds.base import Presentation
 from analysis.kinds.format import Locale
 from analysis.kinds.wording import join
@@ -108,6 +109,11 @@ def data_cutoff(results: Mapping[str, Any]) -> str | None:
     return max(dates) if dates else None
 
 
+def _measure(loc: Locale, effect: Any) -> str:
+    key = f"measure.{effect.measure}"
+    return loc.t(key) if messages.has(key) else effect.label
+
+
 def data_section(
     results: Mapping[str, Any], shown: Mapping[str, Presentation], loc: Locale, estimand_of: Any
 ) -> str:
@@ -122,7 +128,12 @@ def data_section(
         (loc.t("estimand.population"), analysis_set_text(results, shown, loc)),
         (loc.t("estimand.variable"), variable),
         (loc.t("estimand.treatment"), effect.comparison or "-"),
-        (loc.t("estimand.summary"), effect.method or effect.label),
+        (
+            loc.t("estimand.summary"),
+            loc.t("estimand.summary_value", measure=_measure(loc, effect), method=effect.method)
+            if effect.method
+            else effect.label,
+        ),
     ]
     body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     return f"<h4>{_e(loc.t('report.estimand'))}</h4><dl>{body}</dl>"
@@ -262,8 +273,6 @@ def provenance_rows(
 ) -> list[tuple[str, Any]]:
     """(label, value) rows: study, plan hash, engine, MLflow run, rounds, time, ``extra``
     (keys that are message keys, e.g. ``prov.versions``, are translated)."""
-    from analysis.kinds import messages
-
     study = results.get("study", {})
     rows: list[tuple[str, Any]] = [
         (loc.t("prov.study"), study.get("id")),

@@ -8,8 +8,6 @@ machine without a browser is expected (then it skips, saying so).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -19,6 +17,7 @@ import pytest
 
 from experiments.tracking import tracked_run
 from experiments.ui import start_ui, stop_ui, wait_until_ready
+from tests.browser import ARTIFACTS, find_chromium, run_chromium
 from tests.results_fixture import (
     PLAN_TEXT,
     STUDY_ID,
@@ -35,23 +34,11 @@ pytestmark = [
     ),
 ]
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ALLOW_NO_BROWSER = "TRIALFED_ALLOW_NO_BROWSER"
-
 
 @pytest.fixture
 def chromium() -> str:
     """Path of the Chromium executable, looked up now (not when the module is collected)."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get(ALLOW_NO_BROWSER) == "1":
-        pytest.skip(f"chromium is not installed and {ALLOW_NO_BROWSER}=1")
-    pytest.fail(
-        "chromium is not on PATH: install it (Debian: apt-get install chromium) or set "
-        f"{ALLOW_NO_BROWSER}=1 to skip the browser test",
-        pytrace=False,
-    )
+    return find_chromium()
 
 
 def _free_port() -> int:
@@ -66,22 +53,7 @@ def _get(url: str) -> tuple[int, str, bytes]:
 
 
 def _chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,1000",
-        "--virtual-time-budget=20000",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    return run_chromium(chromium, profile, *args)
 
 
 def test_mlflow_ui_shows_run_plots_and_report(

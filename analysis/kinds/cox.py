@@ -232,7 +232,7 @@ def treatment_effects(loc: Locale, cox: Mapping[str, Any], weight: int = 2) -> t
             conf,
             weight,
             loc.term(term),
-            loc.t("estimand.cox", model=model_line(loc, cox, short=True)),
+            loc.t("method.cox", model=model_line(loc, cox, short=True)),
         )
         for term, t in (cox.get("terms") or {}).items()
         if is_treatment_term(term)

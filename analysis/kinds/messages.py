@@ -301,16 +301,18 @@ MESSAGES: dict[str, tuple[str, str, str]] = {
     "estimand.variable": ("Variable (endpoint)", "変数（評価項目）", "변수 (평가변수)"),
     "estimand.treatment": ("Treatment", "治療", "치료"),
     "estimand.summary": ("Population-level summary", "集団レベルの要約", "집단 수준 요약"),
-    "estimand.cox": (
-        "Hazard ratio, Cox proportional hazards model ({model})",
-        "ハザード比、Cox比例ハザードモデル（{model}）",
-        "위험비, Cox 비례위험모형 ({model})",
+    "method.cox": (
+        "Cox proportional hazards model ({model})",
+        "Cox比例ハザードモデル（{model}）",
+        "Cox 비례위험모형 ({model})",
     ),
-    "estimand.ve": (
-        "Vaccine efficacy = 1 − hazard ratio, Cox proportional hazards model ({model})",
-        "ワクチン有効率 = 1 − ハザード比、Cox比例ハザードモデル（{model}）",
-        "백신 효능 = 1 − 위험비, Cox 비례위험모형 ({model})",
+    "measure.hr": ("Hazard ratio", "ハザード比", "위험비"),
+    "measure.ve": (
+        "Vaccine efficacy = 1 − hazard ratio",
+        "ワクチン有効率 = 1 − ハザード比",
+        "백신 효능 = 1 − 위험비",
     ),
+    "estimand.summary_value": ("{measure}; {method}", "{measure}；{method}", "{measure}; {method}"),
     "report.data": ("Data", "データ", "자료"),
     "report.sites_countries": (
         "Sites and countries",
@@ -374,10 +376,13 @@ MESSAGES: dict[str, tuple[str, str, str]] = {
     "report.plan": ("Analysis plan (as run)", "解析計画（実行時）", "분석 계획 (실행본)"),
     "report.notation": (
         "Notation: NR not reached; NE not estimable; NA not available; CI confidence interval; "
-        "HR hazard ratio; VE vaccine efficacy (1 − HR).",
-        "表記：NR 未到達、NE 推定不能、NA 該当なし、CI 信頼区間、HR ハザード比、"
+        "HR hazard ratio.",
+        "表記：NR 未到達、NE 推定不能、NA 該当なし、CI 信頼区間、HR ハザード比。",
+        "표기: NR 도달하지 않음, NE 추정 불가, NA 해당 없음, CI 신뢰구간, HR 위험비.",
+    ),
+    "report.notation_ve": (
+        "VE vaccine efficacy (1 − HR).",
         "VE ワクチン有効率（1 − HR）。",
-        "표기: NR 도달하지 않음, NE 추정 불가, NA 해당 없음, CI 신뢰구간, HR 위험비, "
         "VE 백신 효능 (1 − HR).",
     ),
     "report.not_tracked": ("not tracked", "記録なし", "기록 안 함"),

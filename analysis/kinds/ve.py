@@ -206,7 +206,7 @@ class VEKind(Kind):
                 conf,
                 3,
                 comparison,
-                loc.t("estimand.cox", model=model_line(loc, cox, short=True)),
+                loc.t("method.cox", model=model_line(loc, cox, short=True)),
             )
         ]
         if vaccine:
@@ -223,7 +223,7 @@ class VEKind(Kind):
                     conf,
                     3,
                     comparison,
-                    loc.t("estimand.ve", model=model_line(loc, cox, short=True)),
+                    loc.t("method.cox", model=model_line(loc, cox, short=True)),
                 ),
             )
         return Presentation(
