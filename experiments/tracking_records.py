@@ -74,14 +74,16 @@ def headline_metrics(effects: Sequence[Effect]) -> dict[str, float]:
             out[name] = finite_or_none(effect.value)
             out[f"{name} lower"] = finite_or_none(effect.lower)
             out[f"{name} upper"] = finite_or_none(effect.upper)
-        out.setdefault("p", finite_or_none(effect.p))
+    out["p"] = finite_or_none(effects[0].p) if effects else None  # the estimates share it
     return {k: v for k, v in out.items() if v is not None}
 
 
 def run_name(study_id: str, plan_name: str, started: float) -> str:
-    """``DEMO-VAX · demo_vaccine · 2026-12-03 14:05``: study, plan and local start time."""
+    """``demo_vaccine · 2026-12-03 14:05 · DEMO-VAX``: plan, local start time and study. The
+    plan and time lead because the runs table shows a name's first characters only and every
+    run of an experiment has the same study."""
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
-    return " · ".join(part for part in (study_id, plan_name, stamp) if part)
+    return " · ".join(part for part in (plan_name, stamp, study_id) if part)
 
 
 def run_note(

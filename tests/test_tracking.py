@@ -79,7 +79,7 @@ def test_complete_logs_params_metrics_artifacts(store: str, tmp_path: Path) -> N
     parent = client.get_run(run.run_id)
     assert parent.info.status == "FINISHED"
     assert re.fullmatch(
-        rf"{STUDY_ID} · rossi_plan · \d{{4}}-\d\d-\d\d \d\d:\d\d", parent.info.run_name
+        rf"rossi_plan · \d{{4}}-\d\d-\d\d \d\d:\d\d · {STUDY_ID}", parent.info.run_name
     )
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.name == STUDY_ID
