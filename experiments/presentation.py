@@ -8,6 +8,7 @@ headline. The console, report, plots and MLflow code render these.
 
 from __future__ import annotations
 
+import inspect
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,7 +77,15 @@ def presentation(name: str, result: Mapping[str, Any], loc: Locale | None = None
     kind = REGISTRY.get(str(result.get("kind")))
     if kind is None:
         return Presentation(heading=f"analysis of unknown kind {result.get('kind')!r}")
-    return kind.present(name, result, loc)
+    if _takes_locale(kind.present):
+        return kind.present(name, result, loc)
+    return kind.present(name, result)  # a kind that words itself in English only
+
+
+def _takes_locale(present: Any) -> bool:
+    """The kind's bound ``present`` accepts the report's locale (``present(name, result,
+    locale)``)."""
+    return len(inspect.signature(present).parameters) >= 3
 
 
 def presentations(results: Mapping[str, Any], loc: Locale | None = None) -> dict[str, Presentation]:
@@ -185,7 +194,7 @@ def text_table(table: Table, indent: str = "  ", loc: Locale | None = None) -> l
     loc = loc or Locale()
     header = [c.label for c in table.columns]
     body = cells(table, loc)
-    widths = [max(width(h), *(width(r[i]) for r in body)) for i, h in enumerate(header)]
+    widths = [max([width(h), *(width(r[i]) for r in body)]) for i, h in enumerate(header)]
 
     def line(values: list[str]) -> str:
         parts = [_pad(v, w, i == 0) for i, (v, w) in enumerate(zip(values, widths, strict=True))]

@@ -280,3 +280,23 @@ def test_every_kind_presents_in_every_language() -> None:
         for name, section in results["analyses"].items():
             shown = REGISTRY[section["kind"]].present(name, section, loc)
             assert shown.heading and "{" not in shown.heading, (lang, name)
+
+
+def test_a_kind_that_words_itself_in_english_still_renders() -> None:
+    """A kind whose ``present`` takes no locale (written before the languages) renders in any
+    report, in its own words."""
+    from analysis.kinds.base import Kind, Presentation
+
+    class Legacy(Kind):
+        name = "legacy_test_kind"
+
+        def present(self, name: str, result: object) -> Presentation:  # type: ignore[override]
+            return Presentation(heading=f"legacy {name}")
+
+    REGISTRY[Legacy.name] = Legacy()
+    try:
+        results = {"study": {"id": "T"}, "analyses": {"x": {"kind": Legacy.name}}}
+        shown = presentations(results, locale_for(results, "ja"))
+        assert shown["x"].heading == "legacy x"
+    finally:
+        del REGISTRY[Legacy.name]
