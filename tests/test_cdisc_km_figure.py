@@ -16,7 +16,7 @@ import pytest
 
 from experiments.plots import arm_colors, at_risk_at, risk_table_times
 from experiments.presentation import locale_for, presentations
-from tests.cdisc import read_pilot
+from tests.cdisc import pilot_km_results, read_pilot
 
 PUBLISHED_TIMES = [0.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0, 180.0, 200.0]
 PUBLISHED = {
@@ -28,12 +28,7 @@ PUBLISHED = {
 
 @pytest.fixture(scope="module")
 def pilot(cdisc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "reports"))
-    from cdisc_pilot_figure import pilot_results
-
-    return pilot_results(tmp_path_factory.mktemp("pilot"))
+    return pilot_km_results(cdisc_dir, tmp_path_factory.mktemp("pilot"))
 
 
 def test_the_published_population_is_the_vendored_one(cdisc_dir: Path) -> None:
