@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from experiments.presentation import (
@@ -27,7 +28,9 @@ def format_results(results: dict[str, Any], lang: str | None = None) -> str:
         loc.t(
             "console.sites",
             n=len(sites),
-            sites=", ".join(f"{s['id']} {s.get('country', '')}".strip() for s in sites),
+            sites=loc.t("list_sep").join(
+                f"{s['id']} {loc.level('COUNTRY', s.get('country') or '')}".strip() for s in sites
+            ),
             rounds=results["rounds"],
             seconds=f"{results['seconds']:.1f}",
         )
@@ -59,8 +62,9 @@ def format_results(results: dict[str, Any], lang: str | None = None) -> str:
         lines.append(f"[{name}] {item.heading}")
         lines += [f"  {line}" for line in item.lines]
         for table in item.tables:
-            if not table.detail:
-                lines += text_table(table, loc=loc)
+            if not table.detail:  # a table titled as its analysis is not titled twice
+                untitled = replace(table, title="") if table.title == item.heading else table
+                lines += text_table(untitled, loc=loc)
     lines.append("")
     lines.append(notation(shown, loc))
     return "\n".join(lines)

@@ -148,13 +148,10 @@ class KMKind(Kind):
             },
         )
         metrics = tuple(Metric(("median", level), g.get("median")) for level, g in groups.items())
+        at = _at_table(name, loc, groups, label, measure, incidence, unit)
         return Presentation(
             heading=heading,
-            tables=(
-                _curve_table(name, groups),
-                medians,
-                _at_table(name, loc, groups, label, measure, incidence, unit),
-            ),
+            tables=(_curve_table(name, groups), medians, *((at,) if at.rows else ())),
             figures=(figure,),
             metrics=metrics,
             params={"kind": self.name, "param": param, "by": by, "display": result.get("display")},
