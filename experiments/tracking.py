@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from experiments.presentation import presentations
 from experiments.tracking_records import (
     analysis_metrics,
+    effect_metrics,
     headline_metrics,
     history_points,
     metric_name,
@@ -455,7 +456,10 @@ def log_results(run: TrackedRun, results: Mapping[str, Any], files: Outputs) -> 
         "trialfed.primary_analysis": head.analysis if head else "none",
         "mlflow.note.content": run_note(results, head, loc, run.experiment_id, parent),
     }
-    headline = headline_metrics(head.effects if head else ())
+    if head is not None:
+        headline = effect_metrics(head.effects)
+    else:  # no treatment effect: what each kind marks as its headline
+        headline = {k: v for n, item in shown.items() for k, v in headline_metrics(n, item).items()}
     log_batch(client, parent, metrics=[(k, v, 0) for k, v in headline.items()], tags=tags)
     for path in files.all():
         log_file(client, parent, path, files)

@@ -64,7 +64,18 @@ def analysis_metrics(shown: Presentation) -> dict[str, float]:
 HEADLINE_NAMES = {"hr": "HR", "ve": "VE"}
 
 
-def headline_metrics(effects: Sequence[Effect]) -> dict[str, float]:
+def headline_metrics(name: str, shown: Presentation) -> dict[str, float]:
+    """The metrics a kind marks as headline, keyed ``<analysis>/<key>`` (the parent run's
+    metrics when no analysis estimates a treatment effect)."""
+    out = {
+        metric_name(name, *m.key): finite_or_none(m.value)
+        for m in shown.metrics
+        if m.headline and m.step is None
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def effect_metrics(effects: Sequence[Effect]) -> dict[str, float]:
     """The primary analysis's estimates for the parent run: ``VE``, ``VE lower``, ``VE
     upper`` (vaccine trials), ``HR``, ``HR lower``, ``HR upper`` and ``p``."""
     out: dict[str, float | None] = {}

@@ -89,3 +89,12 @@ def test_results_carry_the_plan_and_the_marker() -> None:
     assert results["synthetic"] is True
     assert results["plan"]["analysis"][0]["reference"] == {"TRT01P": "Placebo"}
     assert build_results(PLAN, outcome, "x", 0.5)["synthetic"] is False
+
+
+def test_japanese_without_the_cjk_font_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import fonts
+
+    monkeypatch.setattr(fonts, "cjk_font", lambda: None)
+    with pytest.raises(UserError, match=r"--lang ja needs the Noto Sans CJK font.*fonts-noto-cjk"):
+        run_languages("en,ja", PLAN)
+    assert run_languages("en", PLAN) == ["en"]  # English reads without it

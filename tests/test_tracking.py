@@ -274,3 +274,21 @@ def test_metric_names_are_sanitised() -> None:
     assert metric_name("..", "a:b", "") == "_/a_b/_"
     assert metric_name("사이트", "x") == "___/x"
     assert len(metric_name("x" * 400)) == 250
+
+
+def test_headline_metric_names() -> None:
+    from experiments.presentation import presentations
+    from experiments.tracking_records import effect_metrics, headline_metrics
+
+    results = make_results()
+    shown = presentations(results)
+    cox = results["analyses"]["cox_arrest"]["terms"][TERM]
+    assert effect_metrics(shown["cox_arrest"].effects) == pytest.approx(
+        {"HR": cox["hr"], "HR lower": cox["hr_lower"], "HR upper": cox["hr_upper"], "p": cox["p"]}
+    )
+    assert effect_metrics(()) == {}
+    # without a treatment effect the parent run falls back on what a kind marks as headline
+    lr = results["analyses"]["logrank_arrest"]
+    assert headline_metrics("logrank_arrest", shown["logrank_arrest"]) == {
+        "logrank_arrest/p": pytest.approx(lr["p"])
+    }
