@@ -24,12 +24,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# Both demo trials, each reported in English, Japanese and Korean (report.html, report.ja.html,
+# report.ko.html in $(DEMO_DIR)/<design>/results); `trialfed ui` shows the MLflow runs.
+DEMO_LANG ?= en,ja,ko
+
 demo: setup
-	$(BIN)/trialfed synth --out $(DEMO_DIR)/vaccine --design vaccine --seed 20261128
-	@for d in $(DEMO_DIR)/vaccine/sites/*/; do $(BIN)/trialfed site check $$d --quiet || exit 1; done
-	$(BIN)/trialfed site approve $(DEMO_DIR)/vaccine/sites/JP01 experiments/plans/demo_vaccine.toml
-	@for d in $(DEMO_DIR)/vaccine/sites/*/; do $(BIN)/trialfed site approve $$d experiments/plans/demo_vaccine.toml --quiet || exit 1; done
-	$(BIN)/trialfed run experiments/plans/demo_vaccine.toml --sites $(DEMO_DIR)/vaccine/sites/* --out $(DEMO_DIR)/vaccine/results
+	$(BIN)/trialfed site approve $(DEMO_DIR)/vaccine/sites/JP01 experiments/plans/demo_vaccine.toml --dry-run
+	@for design in vaccine drug; do \
+	  $(BIN)/trialfed synth --out $(DEMO_DIR)/$$design --design $$design --seed 20261128 || exit 1; \
+	  for d in $(DEMO_DIR)/$$design/sites/*/; do \
+	    $(BIN)/trialfed site check $$d --quiet || exit 1; \
+	    $(BIN)/trialfed site approve $$d experiments/plans/demo_$$design.toml --quiet || exit 1; \
+	  done; \
+	  $(BIN)/trialfed run experiments/plans/demo_$$design.toml --sites $(DEMO_DIR)/$$design/sites/* \
+	    --out $(DEMO_DIR)/$$design/results --lang $(DEMO_LANG) || exit 1; \
+	done
 
 lint: setup
 	$(BIN)/ruff check .

@@ -240,18 +240,28 @@ class Results:
     def plot_km(self, name: str | None = None) -> Any:
         """The Kaplan–Meier figure of analysis ``name`` (default the first); its axes."""
         from experiments.plots import plot_km
+        from experiments.presentation import locale_for
 
         result = self[name] if name else self._first("km")
-        figure = plot_km(
-            result.name, result.section, cumulative=result.section.get("display") == "incidence"
-        )
-        return figure.axes[0]
+        loc = locale_for(self.results_)
+        shown = presentation(result.name, result.section, loc)
+        spec = next(f for f in shown.figures if f.type == "km")
+        return plot_km(spec).axes[0]
 
     def plot_forest(self) -> Any:
-        """The forest plot of every analysis that declares rows for it; its axes (or None)."""
+        """The forest plot of the treatment effects the analyses declare; its axes (or None
+        when fewer than two estimates are declared)."""
         from experiments.plots import plot_forest
+        from experiments.presentation import locale_for, presentations
 
-        figure = plot_forest(self.results_)
+        loc = locale_for(self.results_)
+        specs = [
+            f
+            for shown in presentations(self.results_, loc).values()
+            for f in shown.figures
+            if f.type == "forest"
+        ]
+        figure = plot_forest(specs, loc) if specs else None
         return None if figure is None else figure.axes[0]
 
     def to_json(self) -> str:

@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="output folder for results.json")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     run.add_argument(
+        "--lang",
+        default=None,
+        metavar="LANG[,LANG...]",
+        help="report language(s): en, ja, ko; the first for the console and report.html, "
+        "the others as report.<lang>.html (default: the plan's [study] language, else en)",
+    )
+    run.add_argument(
         "--backend",
         choices=["process", "ray"],
         default="process",

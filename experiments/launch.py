@@ -11,6 +11,7 @@ from typing import Any
 
 from analysis.base import json_safe
 from analysis.errors import UserError
+from analysis.kinds.format import LANGUAGES
 from analysis.plan import Plan
 from experiments.console import format_results
 from experiments.plan import load_plan
@@ -35,11 +36,57 @@ def check_bundle_paths(paths: list[Path]) -> list[Path]:
     return resolved
 
 
-def build_results(plan: Plan, outcome: Any, engine: str, seconds: float) -> dict[str, Any]:
-    """The results.json document (docs/design.md)."""
+def describe_sites(paths: list[Path]) -> list[dict[str, Any]]:
+    """Each bundle's public description from its ``site.toml``: id, name, country, folder.
+
+    The report and MLflow list sites by id; an entry without one (a bare folder path) would be
+    a phantom site, so a bundle whose ``site.toml`` does not parse is refused here."""
+    from sites.bundle import read_site_toml
+
+    described = []
+    for path in paths:
+        site, problems = read_site_toml(path / "site.toml")
+        if problems:
+            raise UserError(f"{path / 'site.toml'}: " + "; ".join(problems))
+        described.append({k: site[k] for k in ("id", "name", "country")} | {"path": str(path)})
+    return described
+
+
+def synthetic_bundles(paths: list[Path]) -> bool:
+    """The bundles were written by ``trialfed synth``: it leaves ``truth.json`` beside the
+    ``sites/`` folder that holds them."""
+    return bool(paths) and all((p.parent.parent / "truth.json").is_file() for p in paths)
+
+
+def run_languages(value: str | None, plan: Plan) -> list[str]:
+    """``--lang en,ja`` as a list (the first renders the console and report.html); default:
+    the plan's ``[study] language``, else English."""
+    from experiments import fonts
+
+    chosen = [v.strip() for v in (value or "").split(",") if v.strip()]
+    chosen = chosen or [str(getattr(plan, "language", "") or "en")]
+    for lang in chosen:
+        if lang not in LANGUAGES:
+            raise UserError(f"--lang must be one of {', '.join(LANGUAGES)}; got {lang!r}")
+        fonts.require(lang)
+    return list(dict.fromkeys(chosen))
+
+
+def build_results(
+    plan: Plan, outcome: Any, engine: str, seconds: float, *, synthetic: bool = False
+) -> dict[str, Any]:
+    """The results.json document (docs/design.md); ``plan`` holds the plan's canonical
+    tables (the report reads the reference levels from them), ``synthetic`` marks generated
+    data."""
+    study: dict[str, Any] = {"id": plan.study_id, "title": plan.title}
+    for key in ("language", "primary", "time_unit"):  # plan keys proposed for [study]
+        if getattr(plan, key, None):
+            study[key] = getattr(plan, key)
     return json_safe(
         {
-            "study": {"id": plan.study_id, "title": plan.title},
+            "study": study,
+            "synthetic": synthetic,
+            "plan": plan.canonical(),
             "plan_sha256": plan.sha256,
             "engine": engine,
             "sites": outcome.sites,
@@ -111,7 +158,9 @@ def main_run(args: argparse.Namespace) -> int:
     )
     from experiments.tracking import tracked_run
 
-    site_info = [{"path": str(p)} for p in sites] if sites else []
+    site_info = describe_sites(sites) if sites else []
+    languages = run_languages(getattr(args, "lang", None), plan)
+    synthetic = synthetic_bundles(sites or [])
     start = time.perf_counter()
     try:
         with tracked_run(
@@ -122,9 +171,12 @@ def main_run(args: argparse.Namespace) -> int:
             sites=site_info,
             engine=engine,
             enabled=not args.no_tracking,
+            plan_name=Path(args.plan).stem,
+            languages=languages,
         ) as run:
             outcome = execute(plan, sites, args.coordinator, args.ca, backend)
-            results = build_results(plan, outcome, engine, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            results = build_results(plan, outcome, engine, seconds, synthetic=synthetic)
             run.complete(results, out_dir)
     except RunFailed as exc:
         print(f"trialfed: run failed: {exc}", file=sys.stderr)
@@ -132,6 +184,6 @@ def main_run(args: argparse.Namespace) -> int:
     finally:
         _engine_stopped(sites is not None)
     results = json.loads((out_dir / "results.json").read_text())
-    print(format_results(results))
+    print(format_results(results, languages[0]))
     print(f"\nresults: {out_dir / 'results.json'}", file=sys.stderr)
     return 0

@@ -23,22 +23,27 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis.kinds.base import Artifact
 from experiments.presentation import presentations
 from experiments.tracking_records import (
     analysis_metrics,
-    finite_or_none,
+    effect_metrics,
     headline_metrics,
     history_points,
     metric_name,
     mlflow_key,
     param_value,
     plan_params,
+    run_name,
+    run_note,
     safe_part,
     site_params,
 )
+
+if TYPE_CHECKING:  # writing outputs imports matplotlib: only when a run completes
+    from experiments.outputs import Outputs
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ PACKAGES = ("trialfed", "flwr", "numpy", "pandas", "lifelines", "mlflow")
 # SQLAlchemy 2.1 deprecates a loader strategy that MLflow's SQL store uses at import time.
 # Show the classic model-training view (runs, params, metrics) rather than the GenAI one.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+DEFAULT_EXPERIMENT_ID = "0"
 SQLALCHEMY_NOLOAD_WARNING = r"The ``noload`` loader strategy is deprecated"
 
 
@@ -149,8 +155,12 @@ class TrackedRun:
         sites: Sequence[Mapping[str, Any]],
         engine: str,
         enabled: bool,
+        plan_name: str = "",
+        languages: Sequence[str] = (),
     ) -> None:
         self.study_id, self.study_title = study_id, study_title
+        self.plan_name = plan_name
+        self.languages = list(languages)
         self.plan_text, self.plan_sha256 = plan_text, plan_sha256
         self.sites = [dict(s) for s in sites]
         self.engine = engine
@@ -171,60 +181,44 @@ class TrackedRun:
         self._client = _client(self.tracking_uri)
         root = artifact_root(self.tracking_uri)
         self.experiment_id = _experiment_id(self._client, self.study_id, self.study_title, root)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        drop_empty_default(self._client)
         tags = parent_tags(self)
-        run = self._client.create_run(
-            self.experiment_id, run_name=f"{self.study_id} {stamp}", tags=tags
-        )
+        name = run_name(self.study_id, self.plan_name, self.started)
+        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         self._open.append(run.info.run_id)
         log_batch(self._client, self.run_id, params=parent_params(self))
         log_text(self._client, self.run_id, self.plan_text, "plan.toml")
 
-    def complete(self, results: dict[str, Any], out_dir: Path | str) -> dict[str, list[Path]]:
+    def complete(self, results: dict[str, Any], out_dir: Path | str) -> Outputs:
         """Write every output file into ``out_dir``, log it to MLflow and finish the run.
 
         Sets ``results["mlflow_run_id"]`` (in place) when tracking is enabled.
 
         Returns
         -------
-        dict
-            ``"results"``, ``"plan"``, ``"report"`` and each analysis name -> files written.
+        Outputs
+            The files written (:mod:`experiments.outputs`).
         """
-        from experiments.plots import write_plots
-        from experiments.report import json_ready, write_report, write_tables
+        from experiments.outputs import write_outputs
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         if self.run_id is not None:
             results["mlflow_run_id"] = self.run_id
             self._log_artifacts(results)
-        clean = json_ready(results)
-        files: dict[str, list[Path]] = {
-            "results": [out / "results.json"],
-            "plan": [out / "plan.toml"],
-        }
-        files["results"][0].write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
-        files["plan"][0].write_text(self.plan_text)
-        for name, paths in write_tables(clean, out).items():
-            files.setdefault(name, []).extend(paths)
-        images = write_plots(clean, out)
-        for name, paths in images.items():
-            files.setdefault(name, []).extend(paths)
         provenance = {
-            "Versions": ", ".join(f"{k} {v}" for k, v in self.versions.items()),
-            "Git commit": self.commit or "unknown",
-            "MLflow tracking URI": self.tracking_uri or "tracking disabled",
+            "prov.versions": ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+            "prov.commit": self.commit or "unknown",
+            "prov.uri": self.tracking_uri or "tracking disabled",
         }
-        report = write_report(
-            out / "report.html",
-            results=clean,
+        files = write_outputs(
+            results,
+            Path(out_dir),
             plan_text=self.plan_text,
             provenance=provenance,
             sites=self.sites,
-            images=images,
+            languages=self.languages,
         )
-        files["report"] = [report]
+        clean = json.loads(files.root[0].read_text())
         missing = [
             m if isinstance(m, Mapping) else {"id": str(m), "contributed": False}
             for m in clean.get("sites_missing", [])
@@ -251,11 +245,11 @@ class TrackedRun:
                 fields = logger(artifact, str(self.run_id), self.plan_sha256, self.tracking_uri)
                 results["analyses"][name].update(fields)
 
-    def _child(self, name: str, kind: str, tags: dict[str, str]) -> str:
+    def _child(self, name: str, tags: dict[str, str]) -> str:
         assert self._client is not None and self.experiment_id is not None
         run = self._client.create_run(
             self.experiment_id,
-            run_name=f"{name} ({kind})",
+            run_name=name,
             tags={"mlflow.parentRunId": str(self.run_id), **tags},
         )
         self._open.append(run.info.run_id)
@@ -313,6 +307,8 @@ def tracked_run(
     sites: Sequence[Mapping[str, Any]],
     engine: str,
     enabled: bool = True,
+    plan_name: str = "",
+    languages: Sequence[str] = (),
 ) -> Iterator[TrackedRun]:
     """Track one plan execution; the run is FINISHED, FAILED or KILLED, never left RUNNING.
 
@@ -328,6 +324,8 @@ def tracked_run(
         sites=sites,
         engine=engine,
         enabled=enabled,
+        plan_name=plan_name,
+        languages=languages,
     )
     try:
         yield run
@@ -365,6 +363,30 @@ def log_batch(
         client.log_batch(run_id, metrics=ms[i : i + 1000])
 
 
+def log_file(client: Any, run_id: str, path: Path, files: Outputs) -> None:
+    """Log ``path`` into its artifact folder (``figures/``, ``tables/``, ``diagnostics/``)."""
+    client.log_artifact(run_id, str(path), files.folder(path))
+
+
+def drop_empty_default(client: Any) -> None:
+    """Delete MLflow's automatic "Default" experiment while it holds no run: trialfed logs
+    to one experiment per study, and an empty Default only confuses a reader of the UI."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    try:
+        default = client.get_experiment(DEFAULT_EXPERIMENT_ID)
+        if default is None or default.lifecycle_stage != "active":
+            return
+        runs = client.search_runs(
+            [DEFAULT_EXPERIMENT_ID], run_view_type=ViewType.ALL, max_results=1
+        )
+        if not runs:
+            client.delete_experiment(DEFAULT_EXPERIMENT_ID)
+    except MlflowException:  # a store without a Default, or one that keeps it: leave it
+        logger.debug("MLflow Default experiment left as it is", exc_info=True)
+
+
 def log_text(client: Any, run_id: str, text: str, name: str) -> None:
     """Log ``text`` as artifact file ``name`` at the run's artifact root."""
     client.log_text(run_id, text, name)
@@ -382,8 +404,8 @@ def parent_tags(run: TrackedRun) -> dict[str, str]:
         "trialfed.plan_sha256": run.plan_sha256,
         "trialfed.status": "running",
         "mlflow.note.content": (
-            f"**{run.study_title}** ({run.study_id}), engine `{run.engine}`, plan sha256 "
-            f"`{run.plan_sha256}`. The full report is the artifact `report.html`."
+            f"**{run.study_title}** ({run.study_id}): running; the headline estimate and the "
+            "report link appear here when the run completes."
         ),
     }
     with contextlib.suppress(Exception):
@@ -401,6 +423,8 @@ def parent_params(run: TrackedRun) -> dict[str, Any]:
         "study_title": run.study_title,
         "engine": run.engine,
         "git_commit": run.commit or "unknown",
+        "plan_name": run.plan_name or "-",
+        "languages": run.languages or ["en"],
     }
     params.update(plan_params(run.plan_text))
     for name, version in run.versions.items():
@@ -414,50 +438,55 @@ def _missing_ids(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def log_results(
-    run: TrackedRun, results: Mapping[str, Any], files: Mapping[str, Sequence[Path]]
-) -> None:
-    """Log ``results`` and the output ``files`` to the parent run and one child per analysis."""
+def log_results(run: TrackedRun, results: Mapping[str, Any], files: Outputs) -> None:
+    """Log ``results`` and the output ``files``: the headline on the parent run, the full set
+    of each analysis on a child run named by the analysis."""
+    from experiments.presentation import locale_for, primary
+
     client, parent = run._client, str(run.run_id)
+    loc = locale_for(results, run.languages[0] if run.languages else None)
+    shown = presentations(results, loc)
+    head = primary(results, shown)
     missing = _missing_ids(results)
     contributed = [str(s["id"]) for s in results.get("sites", []) if s.get("contributed", True)]
-    parent_metrics: list[tuple[str, float, int]] = []
-    for key in ("rounds", "seconds"):
-        value = finite_or_none(results.get(key))
-        if value is not None:
-            parent_metrics.append((key, value, 0))
-    parent_metrics += [
-        ("sites_contributed", len(contributed), 0),
-        ("sites_missing", len(missing), 0),
-    ]
-    for name, shown in presentations(results).items():
+    for name, item in shown.items():
         a = results["analyses"][name]
         kind = str(a.get("kind"))
-        metrics = analysis_metrics(shown)
-        parent_metrics += [(k, v, 0) for k, v in headline_metrics(name, shown).items()]
         child = run._child(
             name,
-            kind,
-            {"trialfed.analysis": name, "trialfed.kind": kind, "trialfed.engine": run.engine},
+            {
+                "trialfed.analysis": name,
+                "trialfed.kind": kind,
+                "trialfed.engine": run.engine,
+                "mlflow.note.content": "\n\n".join([f"**{item.heading}**", *item.lines]),
+            },
         )
-        child_params = {k: v for k, v in shown.params.items() if v is not None}
-        child_metrics = [(k, v, 0) for k, v in metrics.items()] + history_points(shown)
+        child_params = {k: v for k, v in item.params.items() if v is not None}
+        metrics = analysis_metrics(item)
+        child_metrics = [(k, v, 0) for k, v in metrics.items()] + history_points(item)
         child_tags = {}
         if "converged" in a:
             child_tags["trialfed.converged"] = a.get("converged")
         if a.get("refused"):
             child_tags["trialfed.refused"] = "true"
         log_batch(client, child, params=child_params, metrics=child_metrics, tags=child_tags)
-        for path in files.get(name, []):
-            client.log_artifact(child, str(path))
+        for path in files.by_analysis.get(name, []):
+            log_file(client, child, path, files)
         run._end_child(child)
     status = "finished" if not missing else f"finished, {len(missing)} site(s) missing"
     tags = {
         "trialfed.sites_contributed": ",".join(contributed),
         "trialfed.sites_missing": ",".join(missing) or "none",
         "trialfed.status": status,
+        "trialfed.rounds": results.get("rounds"),
+        "trialfed.seconds": results.get("seconds"),
+        "trialfed.primary_analysis": head.analysis if head else "none",
+        "mlflow.note.content": run_note(results, head, loc, run.experiment_id, parent),
     }
-    log_batch(client, parent, metrics=parent_metrics, tags=tags)
-    for paths in files.values():
-        for path in paths:
-            client.log_artifact(parent, str(path))
+    if head is not None:
+        headline = effect_metrics(head.effects)
+    else:  # no treatment effect: what each kind marks as its headline
+        headline = {k: v for n, item in shown.items() for k, v in headline_metrics(n, item).items()}
+    log_batch(client, parent, metrics=[(k, v, 0) for k, v in headline.items()], tags=tags)
+    for path in files.all():
+        log_file(client, parent, path, files)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from analysis.kinds.base import Presentation
+from analysis.kinds.base import Effect, Presentation
+from analysis.kinds.format import Locale
 
 MAX_KEY = 250
 MAX_PARAM = 6000
@@ -59,14 +61,66 @@ def analysis_metrics(shown: Presentation) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+HEADLINE_NAMES = {"hr": "HR", "ve": "VE"}
+
+
 def headline_metrics(name: str, shown: Presentation) -> dict[str, float]:
-    """The few numbers that summarise an analysis, keyed ``<analysis>/<key>`` (parent run)."""
+    """The metrics a kind marks as headline, keyed ``<analysis>/<key>`` (the parent run's
+    metrics when no analysis estimates a treatment effect)."""
     out = {
         metric_name(name, *m.key): finite_or_none(m.value)
         for m in shown.metrics
         if m.headline and m.step is None
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def effect_metrics(effects: Sequence[Effect]) -> dict[str, float]:
+    """The primary analysis's estimates for the parent run: ``VE``, ``VE lower``, ``VE
+    upper`` (vaccine trials), ``HR``, ``HR lower``, ``HR upper`` and ``p``."""
+    out: dict[str, float | None] = {}
+    for effect in effects:
+        name = HEADLINE_NAMES.get(effect.measure)
+        if name and name not in out:
+            out[name] = finite_or_none(effect.value)
+            out[f"{name} lower"] = finite_or_none(effect.lower)
+            out[f"{name} upper"] = finite_or_none(effect.upper)
+    out["p"] = finite_or_none(effects[0].p) if effects else None  # the estimates share it
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def run_name(study_id: str, plan_name: str, started: float) -> str:
+    """``demo_vaccine · 2026-12-03 14:05 · DEMO-VAX``: plan, local start time and study. The
+    plan and time lead because the runs table shows a name's first characters only and every
+    run of an experiment has the same study."""
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+    return " · ".join(part for part in (plan_name, stamp, study_id) if part)
+
+
+def run_note(
+    results: Mapping[str, Any], head: Any, loc: Locale, experiment_id: Any, run_id: str
+) -> str:
+    """The parent run's description (Markdown): the headline estimate first, then the
+    study, the data and a link to the report."""
+    from experiments.presentation import effect_text
+
+    study = results.get("study") or {}
+    lines = []
+    if head is not None:
+        lines += [f"**{effect_text(e, loc)}**" for e in head.effects]
+        lines.append(loc.t("report.primary", analysis=f"`{head.analysis}` {head.shown.heading}"))
+    else:
+        lines.append(loc.t("report.no_effect"))
+    if results.get("synthetic"):
+        lines.append(f"**{loc.t('report.synthetic')}**")
+    lines.append(
+        f"{study.get('title', '')} ({study.get('id', '')}); plan sha256 "
+        f"`{results.get('plan_sha256')}`; engine `{results.get('engine')}`."
+    )
+    page = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/report.html"
+    raw = f"get-artifact?path=report.html&run_uuid={run_id}"
+    lines.append(f"Report: [report.html]({page}) ([open the page alone]({raw}))")
+    return "\n\n".join(lines)
 
 
 def history_points(shown: Presentation) -> list[tuple[str, float, int]]:

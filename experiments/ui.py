@@ -19,6 +19,15 @@ from typing import IO, Any
 from analysis.errors import UserError
 from experiments.tracking import artifact_root, tracking_uri
 
+WORKFLOW = "machine_learning"
+"""MLflow 3's UI opens in its GenAI view unless the URL asks for the model-training one."""
+
+
+def ui_query() -> str:
+    """The query string of UI links that open the model-training view (runs, params,
+    metrics, artifacts) rather than the GenAI view."""
+    return f"workflowType={WORKFLOW}"
+
 
 def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
     """The ``mlflow server`` command line serving store ``uri`` (default: the configured one)."""
@@ -85,9 +94,14 @@ def main_ui(args: Any) -> int:
     uri = tracking_uri()
     url = f"http://{args.host}:{args.port}"
     proc = start_ui(args.host, args.port, uri)
+    # The server runs in its own process group: on SIGTERM stop it too, as on Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         wait_until_ready(url, timeout=180.0, proc=proc)
-        print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
+        print(
+            f"MLflow UI for {uri} at {url}/#/experiments?{ui_query()} (Ctrl-C to stop)",
+            flush=True,
+        )
         return proc.wait()
     except KeyboardInterrupt:
         print("trialfed: stopping the MLflow UI", file=sys.stderr)
@@ -97,3 +111,8 @@ def main_ui(args: Any) -> int:
         return 1
     finally:
         stop_ui(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyreadstat
@@ -134,3 +135,34 @@ def write_bundle(
     write_table(adsl, folder / f"adsl.{fmt}", "ADSL")
     write_table(adtte, folder / f"adtte.{fmt}", "ADTTE")
     return folder
+
+
+PILOT_KM_PLAN = """
+[study]
+id = "CDISCPILOT01"
+title = "CDISC pilot: time to first dermatologic event"
+
+[[analysis]]
+name = "ttde"
+kind = "km"
+param = "TTDE"
+by = "TRT01A"
+"""
+"""Figure 14-1 of the pilot CSR: KM of time to first dermatologic event by actual treatment."""
+
+
+def pilot_km_results(src_dir: Path, work: Path) -> dict[str, Any]:
+    """The pilot split into its 17 sites, :data:`PILOT_KM_PLAN` run through the federated
+    protocol in process; the endpoint label is the ADTTE's ``PARAM`` (AVAL is in days per the
+    pilot's define.xml)."""
+    from analysis.plan import parse_plan
+    from experiments.launch import build_results
+    from federation.inprocess import InProcessTransport
+    from federation.protocol import run_plan
+
+    bundles = split_cdisc_pilot(src_dir, work / "sites")
+    plan = parse_plan(PILOT_KM_PLAN)
+    results = build_results(plan, run_plan(plan, InProcessTransport(bundles)), "in-process", 0.0)
+    label = str(read_pilot(src_dir)[1]["PARAM"].iloc[0])
+    results["params"] = {"TTDE": {"label": label, "unit": "days"}}
+    return results

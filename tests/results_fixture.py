@@ -24,6 +24,7 @@ ARM = "ARM"
 REFERENCE = "No aid"
 TREATMENT = "Financial aid"
 TIMES = [10.0, 20.0, 30.0, 40.0, 50.0]
+PARAM_LABEL = "Time to re-arrest (weeks)"
 
 PLAN_TEXT = f"""\
 [study]
@@ -291,12 +292,17 @@ def _build() -> dict[str, Any]:
                 "id": site["id"],
                 "country": site["country"],
                 "n": len(d),
-                "events": int(d["event"].sum()),
+                "events": {PARAMCD: int(d["event"].sum())},
+                # as the sites describe their ADTTE (PARAM, AVALU) and the rows they analyse
+                "params": {
+                    PARAMCD: {"label": PARAM_LABEL, "n": len(d), "events": int(d["event"].sum())}
+                },
                 "contributed": True,
             }
         )
     return {
         "study": {"id": STUDY_ID, "title": STUDY_TITLE},
+        "plan": {"analysis": [{"name": "cox_arrest", "reference": {ARM: REFERENCE}}]},
         "plan_sha256": plan_sha256(),
         "engine": "simulation",
         "sites": sites,
@@ -334,7 +340,7 @@ def make_sites() -> list[dict[str, Any]]:
         {
             **site,
             "n": counts[site["id"]]["n"],
-            "events": counts[site["id"]]["events"],
+            "events": counts[site["id"]]["events"][PARAMCD],
             "policy": {"min_cell": 5, "allow": ["summary", "km", "logrank", "cox", "ve"]},
         }
         for site in SITES

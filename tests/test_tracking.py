@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from experiments.tracking_records import metric_name
 from experiments.ui import ui_command
 from tests.results_fixture import (
     PLAN_TEXT,
+    REFERENCE,
     STUDY_ID,
     STUDY_TITLE,
+    TREATMENT,
     make_results,
     make_sites,
     plan_sha256,
@@ -57,6 +60,8 @@ def _run(out: Path, results: dict[str, Any] | None = None, enabled: bool = True)
         sites=make_sites(),
         engine="simulation",
         enabled=enabled,
+        plan_name="rossi_plan",
+        languages=["en", "ja"],
     ) as run:
         run.complete(results, out)
     return run
@@ -73,10 +78,17 @@ def test_complete_logs_params_metrics_artifacts(store: str, tmp_path: Path) -> N
     client = _client(store)
     parent = client.get_run(run.run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name.startswith(f"{STUDY_ID} ")
-    assert client.get_experiment(parent.info.experiment_id).name == STUDY_ID
+    assert re.fullmatch(
+        rf"rossi_plan · \d{{4}}-\d\d-\d\d \d\d:\d\d · {STUDY_ID}", parent.info.run_name
+    )
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == STUDY_ID
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow's automatic, empty "Default" experiment is gone from the UI
+    assert [e.name for e in client.search_experiments()] == [STUDY_ID]
     params = parent.data.params
     assert params["plan_sha256"] == plan_sha256()
+    assert params["plan_name"] == "rossi_plan"
     assert params["sites"] == "JP01,JP02,KR01,KR02"
     assert params["countries"] == "JP,KR"
     assert params["site/KR01/country"] == "KR"
@@ -90,12 +102,27 @@ def test_complete_logs_params_metrics_artifacts(store: str, tmp_path: Path) -> N
     assert tags["trialfed.sites_contributed"] == "JP01,JP02,KR01,KR02"
     assert tags["trialfed.sites_missing"] == "none"
     assert tags["trialfed.status"] == "finished"
-    metrics = parent.data.metrics
+    assert tags["trialfed.rounds"] == str(results["rounds"])
+    assert tags["trialfed.primary_analysis"] == "efficacy"
+    # The parent run holds the headline only: the primary estimate, its CI and p.
     efficacy = results["analyses"]["efficacy"]
-    assert metrics["rounds"] == results["rounds"]
-    assert metrics["seconds"] == results["seconds"]
-    assert metrics["efficacy/ve"] == pytest.approx(efficacy["ve"])
-    assert metrics["efficacy/interaction_p"] == pytest.approx(efficacy["interaction_p"])
+    assert parent.data.metrics == pytest.approx(
+        {
+            "VE": efficacy["ve"],
+            "VE lower": efficacy["lower"],
+            "VE upper": efficacy["upper"],
+            "HR": efficacy["hr"],
+            "HR lower": efficacy["hr_lower"],
+            "HR upper": efficacy["hr_upper"],
+            "p": efficacy["p"],
+        }
+    )
+    note = tags["mlflow.note.content"]
+    assert note.startswith(f"**Vaccine efficacy, {TREATMENT} vs {REFERENCE}: ")
+    assert f"{100 * efficacy['ve']:.1f}%" in note.splitlines()[0]
+    assert (
+        f"#/experiments/{parent.info.experiment_id}/runs/{run.run_id}/artifacts/report.html" in note
+    )
 
     children = {
         r.data.tags["trialfed.analysis"]: r
@@ -104,6 +131,7 @@ def test_complete_logs_params_metrics_artifacts(store: str, tmp_path: Path) -> N
         )
     }
     assert set(children) == set(results["analyses"])
+    assert {c.info.run_name for c in children.values()} == set(results["analyses"])
     assert all(c.info.status == "FINISHED" for c in children.values())
     cox_result = results["analyses"]["cox_arrest"]
     cox = children["cox_arrest"]
@@ -118,20 +146,24 @@ def test_complete_logs_params_metrics_artifacts(store: str, tmp_path: Path) -> N
     assert by_step[2] == pytest.approx(cox_result["history"][1]["loglik"])
     steps = client.get_metric_history(cox.info.run_id, "step_norm")
     assert len(steps) == len(cox_result["history"])
-    km = children["km_arrest"].data.metrics
-    assert set(km) == {"median/Financial aid", "median/No aid"} or km == {}  # NR medians
     lr = children["logrank_arrest"].data.metrics
     assert lr["statistic"] == pytest.approx(results["analyses"]["logrank_arrest"]["statistic"])
     ve = children["efficacy"].data.metrics
     assert ve["country/JP/hr"] == pytest.approx(efficacy["by_country"]["JP"]["hr"])
 
-    names = {a.path for a in client.list_artifacts(run.run_id)}
-    expected = {"results.json", "plan.toml", "report.html", "forest.png", "forest.svg"}
-    expected |= {f"{a}.csv" for a in results["analyses"]}
-    expected |= {"km_km_arrest.png", "km_km_arrest.svg", "convergence_cox_arrest.png"}
-    assert expected <= names
-    assert {"cox_arrest.csv", "convergence_cox_arrest.svg"} <= {
-        a.path for a in client.list_artifacts(cox.info.run_id)
+    def listing(run_id: str, folder: str | None = None) -> set[str]:
+        return {a.path for a in client.list_artifacts(run_id, folder)}
+
+    assert {"results.json", "plan.toml", "report.html", "report.ja.html"} <= listing(run.run_id)
+    assert {"figures", "tables", "diagnostics"} <= listing(run.run_id)
+    assert {"figures/km_arrest.png", "figures/forest_ve.svg"} <= listing(run.run_id, "figures")
+    assert {f"tables/{a}.csv" for a in results["analyses"]} <= listing(run.run_id, "tables")
+    assert "diagnostics/cox_arrest_convergence.png" in listing(run.run_id, "diagnostics")
+    assert "tables/cox_arrest.csv" in listing(cox.info.run_id, "tables")
+    assert "diagnostics/cox_arrest_convergence.svg" in listing(cox.info.run_id, "diagnostics")
+    assert listing(children["km_arrest"].info.run_id, "figures") == {
+        "figures/km_arrest.png",
+        "figures/km_arrest.svg",
     }
     local = Path(client.download_artifacts(run.run_id, "results.json", str(tmp_path)))
     logged = json.loads(local.read_text())
@@ -153,7 +185,7 @@ def test_missing_site_is_tagged(store: str, tmp_path: Path) -> None:
     assert parent.data.tags["trialfed.sites_missing"] == "KR02"
     assert parent.data.tags["trialfed.sites_contributed"] == "JP01,JP02,KR01"
     assert parent.data.tags["trialfed.status"] == "finished, 1 site(s) missing"
-    assert parent.data.metrics["sites_missing"] == 1
+    assert parent.data.metrics == {}  # Table 1 alone estimates no treatment effect
     assert "Sites missing: KR02" in (tmp_path / "out" / "report.html").read_text()
 
 
@@ -212,10 +244,11 @@ def test_disabled_writes_files_only(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert run.run_id is None
     assert "mlflow_run_id" not in results
     assert not db.exists() and not (tmp_path / "mlartifacts").exists()
-    names = {p.name for p in out.iterdir()}
-    assert {"results.json", "plan.toml", "report.html", "forest.png", "forest.svg"} <= names
-    assert {f"{a}.csv" for a in results["analyses"]} <= names
-    assert {"km_km_arrest.png", "convergence_efficacy.svg"} <= names
+    names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert {"results.json", "plan.toml", "report.html", "report.ja.html"} <= names
+    assert {"figures/forest_ve.png", "figures/forest_ve.svg", "figures/km_arrest.png"} <= names
+    assert {f"tables/{a}.csv" for a in results["analyses"]} <= names
+    assert "diagnostics/efficacy_convergence.svg" in names
     assert "mlflow_run_id" not in json.loads((out / "results.json").read_text())
     assert (out / "plan.toml").read_text() == PLAN_TEXT
     assert "not tracked" in (out / "report.html").read_text()
@@ -241,3 +274,21 @@ def test_metric_names_are_sanitised() -> None:
     assert metric_name("..", "a:b", "") == "_/a_b/_"
     assert metric_name("사이트", "x") == "___/x"
     assert len(metric_name("x" * 400)) == 250
+
+
+def test_headline_metric_names() -> None:
+    from experiments.presentation import presentations
+    from experiments.tracking_records import effect_metrics, headline_metrics
+
+    results = make_results()
+    shown = presentations(results)
+    cox = results["analyses"]["cox_arrest"]["terms"][TERM]
+    assert effect_metrics(shown["cox_arrest"].effects) == pytest.approx(
+        {"HR": cox["hr"], "HR lower": cox["hr_lower"], "HR upper": cox["hr_upper"], "p": cox["p"]}
+    )
+    assert effect_metrics(()) == {}
+    # without a treatment effect the parent run falls back on what a kind marks as headline
+    lr = results["analyses"]["logrank_arrest"]
+    assert headline_metrics("logrank_arrest", shown["logrank_arrest"]) == {
+        "logrank_arrest/p": pytest.approx(lr["p"])
+    }

@@ -8,8 +8,6 @@ machine without a browser is expected (then it skips, saying so).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -18,11 +16,14 @@ from pathlib import Path
 import pytest
 
 from experiments.tracking import tracked_run
-from experiments.ui import start_ui, stop_ui, wait_until_ready
+from experiments.ui import start_ui, stop_ui, ui_query, wait_until_ready
+from tests.browser import ARTIFACTS, find_chromium, run_chromium
 from tests.results_fixture import (
     PLAN_TEXT,
+    REFERENCE,
     STUDY_ID,
     STUDY_TITLE,
+    TREATMENT,
     make_results,
     make_sites,
     plan_sha256,
@@ -35,23 +36,11 @@ pytestmark = [
     ),
 ]
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ALLOW_NO_BROWSER = "TRIALFED_ALLOW_NO_BROWSER"
-
 
 @pytest.fixture
 def chromium() -> str:
     """Path of the Chromium executable, looked up now (not when the module is collected)."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get(ALLOW_NO_BROWSER) == "1":
-        pytest.skip(f"chromium is not installed and {ALLOW_NO_BROWSER}=1")
-    pytest.fail(
-        "chromium is not on PATH: install it (Debian: apt-get install chromium) or set "
-        f"{ALLOW_NO_BROWSER}=1 to skip the browser test",
-        pytrace=False,
-    )
+    return find_chromium()
 
 
 def _free_port() -> int:
@@ -66,22 +55,7 @@ def _get(url: str) -> tuple[int, str, bytes]:
 
 
 def _chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,1000",
-        "--virtual-time-budget=20000",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    return run_chromium(chromium, profile, *args)
 
 
 def test_mlflow_ui_shows_run_plots_and_report(
@@ -89,6 +63,7 @@ def test_mlflow_ui_shows_run_plots_and_report(
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    results = make_results()
     with tracked_run(
         study_id=STUDY_ID,
         study_title=STUDY_TITLE,
@@ -96,9 +71,12 @@ def test_mlflow_ui_shows_run_plots_and_report(
         plan_sha256=plan_sha256(),
         sites=make_sites(),
         engine="simulation",
+        plan_name="rossi_plan",
     ) as run:
-        run.complete(make_results(), tmp_path / "out")
+        run.complete(results, tmp_path / "out")
     run_id, exp_id = run.run_id, run.experiment_id
+    efficacy = results["analyses"]["efficacy"]
+    headline = f"Vaccine efficacy, {TREATMENT} vs {REFERENCE}: {100 * efficacy['ve']:.1f}%"
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -111,22 +89,32 @@ def test_mlflow_ui_shows_run_plots_and_report(
             assert json.loads(body)["run"]["info"]["status"] == "FINISHED"
             # Artifacts through MLflow's artifact REST path, as the UI fetches them.
             status, ctype, png = _get(
-                f"{base}/get-artifact?path=km_km_arrest.png&run_uuid={run_id}"
+                f"{base}/get-artifact?path=figures/km_arrest.png&run_uuid={run_id}"
             )
             assert (status, ctype) == (200, "image/png") and png.startswith(b"\x89PNG")
             status, ctype, html = _get(f"{base}/get-artifact?path=report.html&run_uuid={run_id}")
             assert (status, ctype) == (200, "text/html")
-            assert b"Study and provenance" in html and run_id.encode() in html
+            assert b"Primary result" in html and run_id.encode() in html
 
-            page = f"{base}/#/experiments/{exp_id}/runs/{run_id}"
+            # The run page in the model-training view: the headline estimate in the
+            # description, the child runs named by analysis.
+            page = f"{base}/#/experiments/{exp_id}/runs/{run_id}?{ui_query()}"
             shot = ARTIFACTS / "mlflow_run.png"
             shot.unlink(missing_ok=True)
             res = _chromium(chromium, tmp_path / "chrome", f"--screenshot={shot}", page)
             assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
             res = _chromium(chromium, tmp_path / "chrome", "--dump-dom", page)
-            assert STUDY_ID in res.stdout and "efficacy (ve)" in res.stdout, res.stdout[-2000:]
+            assert STUDY_ID in res.stdout and headline in res.stdout, res.stdout[-2000:]
 
-            art_page = f"{page}/artifacts/report.html"
+            runs = f"{base}/#/experiments/{exp_id}/runs?{ui_query()}"
+            shot = ARTIFACTS / "mlflow_runs.png"
+            shot.unlink(missing_ok=True)
+            res = _chromium(chromium, tmp_path / "chrome", f"--screenshot={shot}", runs)
+            assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+            res = _chromium(chromium, tmp_path / "chrome", "--dump-dom", runs)
+            assert "rossi_plan" in res.stdout, res.stdout[-2000:]
+
+            art_page = f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/report.html"
             shot = ARTIFACTS / "mlflow_report.png"
             shot.unlink(missing_ok=True)
             res = _chromium(chromium, tmp_path / "chrome", f"--screenshot={shot}", art_page)

@@ -228,8 +228,24 @@ class Query:
 # Results as data: what experiments renders for any kind
 # ---------------------------------------------------------------------------------------------
 
-FORMATS = ("text", "int", "num", "num1", "pct", "hr", "p", "time", "ci", "hr_ci", "pct_ci")
-"""How a table cell is written (see experiments.formatting)."""
+FORMATS = (
+    "text",
+    "int",
+    "num",
+    "num1",
+    "pct",
+    "hr",
+    "p",
+    "time",
+    "ci",
+    "hr_ci",
+    "pct_ci",
+    "est_time",
+    "est_hr",
+    "est_pct",
+)
+"""How a table cell is written (:func:`analysis.kinds.format.fmt`); ``est_*`` cells hold
+``[estimate, lower, upper]``."""
 
 
 @dataclass(frozen=True)
@@ -293,8 +309,38 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Effect:
+    """A treatment effect as a reader quotes it: ``label`` (in the report's language), the
+    estimate with its interval and p-value, written with format code ``format`` (``hr`` or
+    ``pct``).
+
+    ``measure`` names it for MLflow (``hr``, ``ve``, ``p``); ``weight`` says how specific an
+    estimate of the trial's estimand it is (3 an efficacy estimand, 2 a model's treatment term,
+    1 a test): without a plan-marked primary analysis the report leads with the heaviest.
+    ``comparison`` (``Vaccine vs Placebo``) and ``method`` (model, adjustment, strata) fill the
+    estimand's treatment and population-level summary.
+    """
+
+    label: str
+    measure: str
+    value: float | None
+    lower: float | None = None
+    upper: float | None = None
+    p: float | None = None
+    format: str = "hr"
+    conf: int = 95
+    weight: int = 1
+    comparison: str = ""
+    method: str = ""
+
+
+@dataclass(frozen=True)
 class Presentation:
-    """Everything the renderers need for one analysis."""
+    """Everything the renderers need for one analysis.
+
+    ``effects`` are its treatment effects (headline, MLflow parent run); ``population`` the
+    analysis set it describes, ``{"by": label, "groups": {level: n}, "total": n}`` (Table 1).
+    """
 
     heading: str
     lines: tuple[str, ...] = ()
@@ -303,6 +349,8 @@ class Presentation:
     metrics: tuple[Metric, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     artifacts: tuple[Artifact, ...] = ()
+    effects: tuple[Effect, ...] = ()
+    population: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,8 +427,9 @@ class Kind:
         """The results.json section from the sites' answers (see :mod:`analysis.rounds`)."""
         raise NotImplementedError
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
-        """Tables, figures and metrics of a results.json section."""
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
+        """Tables, figures and metrics of a results.json section, worded in ``locale`` (an
+        :class:`analysis.kinds.format.Locale`; None: English)."""
         raise NotImplementedError
 
     def dump(self, spec: AnalysisSpec) -> dict[str, Any]:

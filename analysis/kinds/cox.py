@@ -16,6 +16,7 @@ from analysis.kinds.base import (
     ALPHA,
     AnalysisSpec,
     Column,
+    Effect,
     Figure,
     Kind,
     Metric,
@@ -30,6 +31,15 @@ from analysis.kinds.base import (
 )
 from analysis.kinds.context import EstimateContext, FittedModel
 from analysis.kinds.cox_model import CoxModelDef
+from analysis.kinds.format import Locale, is_arm, parse_term
+from analysis.kinds.wording import (
+    conf_level,
+    covariate_label,
+    is_treatment_term,
+    join,
+    model_variables,
+    resolve,
+)
 
 TIES = ("efron", "breslow")
 
@@ -96,8 +106,10 @@ class CoxKind(Kind):
     def estimate(self, spec: CoxAnalysis, context: EstimateContext) -> dict[str, Any]:
         return {"kind": self.name, "param": spec.param, **cox_section(context.models[spec.name])}
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
-        return present_cox(name, result, f"Cox model of {result.get('param')}", name)
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
+        loc = resolve(locale)
+        heading = loc.t("cox.heading", param=loc.param(str(result.get("param") or "")))
+        return present_cox(name, result, heading, loc)
 
 
 def cox_section(model: FittedModel) -> dict[str, Any]:
@@ -118,34 +130,6 @@ def cox_section(model: FittedModel) -> dict[str, Any]:
     return out
 
 
-def terms_table(name: str, title: str, cox: Mapping[str, Any]) -> Table:
-    """Hazard ratios with confidence intervals and p-values, one row per model term."""
-    conf = int(round(100 * (1 - float(cox.get("alpha", 0.05)))))
-    return Table(
-        name,
-        title,
-        (
-            Column("term", "Term"),
-            Column("coef", "Coefficient", "num"),
-            Column("se", "SE", "num"),
-            Column("hr", "HR", "hr"),
-            Column("ci", f"{conf}% CI", "hr_ci"),
-            Column("p", "p", "p"),
-        ),
-        tuple(
-            {
-                "term": term,
-                "coef": t.get("coef"),
-                "se": t.get("se"),
-                "hr": t.get("hr"),
-                "ci": [t.get("hr_lower"), t.get("hr_upper")],
-                "p": t.get("p"),
-            }
-            for term, t in (cox.get("terms") or {}).items()
-        ),
-    )
-
-
 def cox_metrics(cox: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[Metric]:
     """Per-term metrics, the final log-likelihood, rounds and the per-round history."""
     out = [
@@ -161,38 +145,165 @@ def cox_metrics(cox: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[Me
     return out
 
 
-def present_cox(name: str, cox: Mapping[str, Any], heading: str, table_id: str) -> Presentation:
-    """Tables, forest rows, convergence figure and metrics of one Cox model."""
-    strata = ", ".join(cox.get("strata") or []) or "none (pooled baseline)"
-    state = "converged" if cox.get("converged") else "DID NOT CONVERGE"
-    lines = [
-        f"ties {cox.get('ties')}, strata {strata}: {state} in {cox.get('rounds')} rounds; "
-        f"n = {cox.get('n')}, events = {cox.get('events')}"
+def model_line(loc: Locale, cox: Mapping[str, Any], short: bool = False) -> str:
+    """Adjustment, strata, ties, convergence and size of a fitted model, in one line
+    (``short``: adjustment and strata only)."""
+    terms = list(cox.get("terms") or {})
+    covariates = [v for v in model_variables(terms) if not is_arm(v)]
+    strata = [loc.var(v) for v in cox.get("strata") or []]
+    rounds = cox.get("rounds")
+    parts = [
+        loc.t("cox.adjusted", vars=join(loc, [loc.var(v) for v in covariates]))
+        if covariates
+        else "",
+        loc.t("cox.strata", vars=join(loc, strata)) if strata else loc.t("cox.pooled"),
+        loc.t("cox.ties", ties=str(cox.get("ties") or "").capitalize()),
+        loc.t("cox.converged" if cox.get("converged") else "cox.not_converged", rounds=rounds),
+        loc.t("cox.size", n=loc.fmt(cox.get("n"), "int"), events=loc.fmt(cox.get("events"), "int")),
     ]
-    if cox.get("message"):
-        lines.append(f"note: {cox['message']}")
-    figures = [
-        Figure(
-            "forest",
-            "forest",
-            "Hazard ratios with 95% confidence intervals",
-            {
-                "rows": [{"label": f"{name}: {heading}", "header": True}]
-                + [
-                    {"label": term, **t, "extra": t.get("p"), "extra_format": "p"}
-                    for term, t in (cox.get("terms") or {}).items()
-                ]
-            },
+    return loc.t("clause_sep").join(p for p in (parts[:2] if short else parts) if p)
+
+
+def _term_rows(
+    loc: Locale, terms: Mapping[str, Any], names: list[str], label: Any
+) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        {
+            "term": label(loc, term),
+            "hr": [terms[term].get("hr"), terms[term].get("hr_lower"), terms[term].get("hr_upper")],
+            "p": terms[term].get("p"),
+            "coef": terms[term].get("coef"),
+            "se": terms[term].get("se"),
+        }
+        for term in names
+    )
+
+
+def terms_tables(name: str, loc: Locale, cox: Mapping[str, Any]) -> tuple[Table, ...]:
+    """The treatment-effect terms and the covariate terms, each in its own table."""
+    conf = conf_level(cox.get("alpha", 0.05))
+    terms: Mapping[str, Any] = cox.get("terms") or {}
+    treatment = [t for t in terms if is_treatment_term(t)]
+    covariates = [t for t in terms if t not in treatment]
+
+    def columns(first: str) -> tuple[Column, ...]:
+        return (
+            Column("term", first),
+            Column("hr", loc.t("cox.hr_ci", conf=conf), "est_hr"),
+            Column("p", loc.t("p"), "p"),
+            Column("coef", loc.t("cox.coef"), "num"),
+            Column("se", loc.t("cox.se"), "num"),
         )
-    ]
+
+    out = []
+    if treatment:
+        out.append(
+            Table(
+                name,
+                loc.t("cox.treatment"),
+                columns(loc.t("cox.comparison")),
+                _term_rows(loc, terms, treatment, lambda lc, t: lc.term(t)),
+            )
+        )
+    if covariates:
+        out.append(
+            Table(
+                f"{name}_covariates" if treatment else name,
+                loc.t("cox.covariates"),
+                columns(loc.t("cox.covariate")),
+                _term_rows(loc, terms, covariates, covariate_label),
+            )
+        )
+    return tuple(out)
+
+
+def treatment_effects(loc: Locale, cox: Mapping[str, Any], weight: int = 2) -> tuple[Effect, ...]:
+    """A hazard-ratio effect per treatment term of a fitted model."""
+    conf = conf_level(cox.get("alpha", 0.05))
+    return tuple(
+        Effect(
+            loc.t("cox.effect", comparison=loc.term(term)),
+            "hr",
+            t.get("hr"),
+            t.get("hr_lower"),
+            t.get("hr_upper"),
+            t.get("p"),
+            "hr",
+            conf,
+            weight,
+            loc.term(term),
+            loc.t("method.cox", model=model_line(loc, cox, short=True)),
+        )
+        for term, t in (cox.get("terms") or {}).items()
+        if is_treatment_term(term)
+    )
+
+
+def forest_hr(
+    loc: Locale, heading: str, cox: Mapping[str, Any], rows: list[dict[str, Any]]
+) -> Figure:
+    """The shared hazard-ratio forest figure (``forest_hr``): a header row, then ``rows``."""
+    conf = conf_level(cox.get("alpha", 0.05))
+    terms = [t for t in (cox.get("terms") or {}) if is_treatment_term(t)]
+    favours: list[str] = []
+    if len(terms) == 1:
+        var, level = parse_term(terms[0])
+        ref = loc.references.get(var)
+        if ref is not None and level is not None:
+            favours = [
+                loc.t("forest.favours", arm=loc.level(var, level)),
+                loc.t("forest.favours", arm=loc.level(var, ref)),
+            ]
+    return Figure(
+        "forest_hr",
+        "forest",
+        loc.t("forest.title_hr", conf=conf),
+        {
+            "scale": "hr",
+            "axis": loc.t("forest.axis_hr"),
+            "favours": favours,
+            "columns": [loc.t("forest.n_events"), loc.t("forest.hr_col", conf=conf), loc.t("p")],
+            "rows": [{"label": heading, "header": True}, *rows],
+        },
+    )
+
+
+def present_cox(
+    name: str,
+    cox: Mapping[str, Any],
+    heading: str,
+    loc: Locale,
+    table_id: str | None = None,
+    forest: bool = True,
+) -> Presentation:
+    """Tables, effects, forest rows, convergence figure and metrics of one Cox model."""
+    lines = [model_line(loc, cox)]
+    if cox.get("message"):
+        lines.append(loc.t("note", text=cox["message"]))
+    figures = []
+    if forest:
+        rows = [
+            {
+                "label": effect.label,
+                "hr": effect.value,
+                "lower": effect.lower,
+                "upper": effect.upper,
+                "n": cox.get("n"),
+                "events": cox.get("events"),
+                "p": effect.p,
+            }
+            for effect in treatment_effects(loc, cox)
+        ]
+        if rows:
+            figures.append(forest_hr(loc, f"{heading}: {model_line(loc, cox, True)}", cox, rows))
     if cox.get("history"):
         figures.append(
-            Figure(f"convergence_{name}", "convergence", name, dict(cox), diagnostic=True)
+            Figure(f"{name}_convergence", "convergence", name, dict(cox), diagnostic=True)
         )
     return Presentation(
         heading=heading,
         lines=tuple(lines),
-        tables=(terms_table(table_id, heading, cox),),
+        tables=terms_tables(table_id or name, loc, cox),
         figures=tuple(figures),
         metrics=tuple(cox_metrics(cox)),
         params={
@@ -202,4 +313,5 @@ def present_cox(name: str, cox: Mapping[str, Any], heading: str, table_id: str) 
             "ties": cox.get("ties"),
             "alpha": cox.get("alpha"),
         },
+        effects=treatment_effects(loc, cox),
     )

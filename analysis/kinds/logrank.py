@@ -15,6 +15,7 @@ from analysis.kinds.base import (
     ALPHA,
     AnalysisSpec,
     Column,
+    Effect,
     Kind,
     Metric,
     Presentation,
@@ -25,8 +26,8 @@ from analysis.kinds.base import (
     text_key,
 )
 from analysis.kinds.context import EstimateContext
-from analysis.kinds.format import number as _num
-from analysis.kinds.format import p_value as _p
+from analysis.kinds.format import number
+from analysis.kinds.wording import join, resolve
 
 
 @dataclass(frozen=True)
@@ -74,32 +75,40 @@ class LogrankKind(Kind):
             return {**out, "statistic": None, "df": 0, "p": None, "groups": {}}
         return {**out, **logrank.logrank_test(keyed).to_dict()}
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
-        strata = ", ".join(result.get("strata") or []) or "none"
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
+        loc = resolve(locale)
+        by, param = str(result.get("by") or ""), str(result.get("param") or "")
+        strata = [loc.var(v) for v in result.get("strata") or []]
+        stratified = loc.t("logrank.stratified", vars=join(loc, strata)) if strata else ""
+        heading = loc.t(
+            "logrank.heading", param=loc.param(param), by=loc.var(by), strata=stratified
+        )
+        outcome = loc.t(
+            "logrank.result",
+            chi2=number(result.get("statistic"), 2),
+            df=result.get("df"),
+            p=loc.p(result.get("p")),
+        )
         table = Table(
             name,
-            f"Log-rank test of {result.get('param')} by {result.get('by')} (strata: {strata})",
+            heading,
             (
-                Column("group", "Group"),
-                Column("observed", "Observed events", "int"),
-                Column("expected", "Expected events", "num"),
+                Column("group", loc.t("group")),
+                Column("observed", loc.t("logrank.observed"), "int"),
+                Column("expected", loc.t("logrank.expected"), "num1"),
             ),
-            tuple({"group": g, **v} for g, v in (result.get("groups") or {}).items()),
-            notes=(
-                f"chi-square = {_num(result.get('statistic'))}, df = {result.get('df')}, "
-                f"p = {_p(result.get('p'))}",
+            tuple(
+                {"group": loc.level(by, g), **v} for g, v in (result.get("groups") or {}).items()
             ),
         )
         return Presentation(
-            heading=(
-                f"log-rank test of {result.get('param')} by {result.get('by')} "
-                f"(strata: {strata}): chi2 = {_num(result.get('statistic'))}, "
-                f"df = {result.get('df')}, p = {_p(result.get('p'))}"
-            ),
+            heading=heading,
+            lines=(outcome,),
             tables=(table,),
             metrics=tuple(
                 Metric((key,), result.get(key), headline=key == "p")
                 for key in ("statistic", "p", "df")
             ),
-            params={"kind": self.name, "param": result.get("param"), "by": result.get("by")},
+            params={"kind": self.name, "param": param, "by": by},
+            effects=(Effect(loc.t("logrank.effect"), "p", None, p=result.get("p"), format="p"),),
         )

@@ -25,7 +25,8 @@ from analysis.kinds.base import (
     text_key,
 )
 from analysis.kinds.context import EstimateContext
-from analysis.kinds.format import number
+from analysis.kinds.format import MISSING, Locale, integer, number
+from analysis.kinds.wording import join, resolve
 
 
 @dataclass(frozen=True)
@@ -78,48 +79,85 @@ class SummaryKind(Kind):
             out["incomplete"] = incomplete  # group -> cell -> sites that withheld it
         return out
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
+        loc = resolve(locale)
+        by = str(result.get("by") or "")
         groups = dict(result.get("groups") or {})
-        if result.get("overall"):
-            groups["Overall"] = result["overall"]
-        columns = (Column("row", ""),) + tuple(Column(g, g, "text") for g in groups)
+        overall = result.get("overall") or {}
+        if overall:
+            groups[loc.t("overall")] = overall
+        partial = {
+            (group, cell)
+            for group, cells in (result.get("incomplete") or {}).items()
+            for cell in cells
+        }
+        columns = (Column("row", ""),) + tuple(
+            Column(g, loc.t("n_header", group=_level(loc, by, g, result), n=integer(v.get("n"))))
+            for g, v in groups.items()
+        )
         rows: list[dict[str, Any]] = [
-            {"row": "N", **{g: v.get("n") for g, v in groups.items()}},
             {
-                "row": "Age, mean (SD)",
+                "row": loc.t("summary.subjects"),
+                **{g: integer(v.get("n")) for g, v in groups.items()},
+            },
+            {
+                "row": loc.t("summary.age"),
                 **{
                     g: f"{number(v.get('age_mean'), 1)} ({number(v.get('age_sd'), 1)})"
                     for g, v in groups.items()
                 },
             },
+            {"row": loc.t("summary.sex")},
         ]
-        overall = result.get("overall") or {}
         for level in overall.get("sex") or {}:
             rows.append(
-                {"row": f"Sex {level}", **{g: v["sex"].get(level) for g, v in groups.items()}}
-            )
-        for param in overall.get("events") or {}:
-            rows.append(
                 {
-                    "row": f"{param}: events / censored",
+                    "row": "  " + loc.level("SEX", level),
                     **{
-                        g: f"{v['events'].get(param)} / {v['censored'].get(param)}"
+                        g: _count(v.get("sex", {}).get(level), v.get("n"))
                         for g, v in groups.items()
                     },
                 }
             )
-        notes = tuple(
-            f"{group}: {cell} excludes site(s) {', '.join(sites)} (cells below min_cell_count)"
-            for group, cells in (result.get("incomplete") or {}).items()
-            for cell, sites in cells.items()
-        )
-        table = Table(name, f"Table 1 by {result.get('by')}", columns, tuple(rows), notes)
-        metrics = tuple(
-            Metric(("n", level), g.get("n")) for level, g in (result.get("groups") or {}).items()
-        )
+        for param in overall.get("events") or {}:
+            for field, key in (("events", "summary.events"), ("censored", "summary.censored")):
+                row = {"row": loc.t(key, param=loc.param(param))}
+                for g, v in groups.items():
+                    cell = _count(v.get(field, {}).get(param), v.get("n"))
+                    if (g, f"{field} {param}") in partial:
+                        cell = loc.t("summary.partial", value=cell)
+                    row[g] = cell
+                rows.append(row)
+        notes = []
+        for group, cells in (result.get("incomplete") or {}).items():
+            sites = sorted({site for withheld in cells.values() for site in withheld})
+            label = _level(loc, by, group, result)
+            notes.append(loc.t("summary.withheld", group=label, sites=join(loc, sites)))
+        heading = loc.t("summary.heading", by=loc.var(by))
+        table = Table(name, heading, columns, tuple(rows), tuple(notes))
+        arms = result.get("groups") or {}
+        metrics = tuple(Metric(("n", level), g.get("n")) for level, g in arms.items())
         return Presentation(
-            heading=f"Table 1 by {result.get('by')}",
+            heading=heading,
             tables=(table,),
             metrics=metrics,
-            params={"kind": self.name, "by": result.get("by")},
+            params={"kind": self.name, "by": by},
+            population={
+                "by": loc.var(by),
+                "groups": {loc.level(by, lv): g.get("n") for lv, g in arms.items()},
+                "total": overall.get("n"),
+            },
         )
+
+
+def _level(loc: Locale, by: str, group: str, result: Mapping[str, Any]) -> str:
+    return group if group not in (result.get("groups") or {}) else loc.level(by, group)
+
+
+def _count(value: Any, total: Any) -> str:
+    """``n (x.x%)`` of ``total``; ``NA`` when the count is missing."""
+    if value is None:
+        return MISSING
+    if not total:
+        return integer(value)
+    return f"{integer(value)} ({100 * value / total:.1f}%)"

@@ -343,7 +343,7 @@ class TrainKind(Kind):
     def covariates(self, spec: TrainSpec) -> tuple[str, ...]:
         return spec.features
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
         spec = result.get("spec") or {}
         final = result.get("final") or {}
         combined = final.get("combined") or {}

@@ -9,7 +9,7 @@ publishes them (``publish_site_estimates``; the site decides, before anything le
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +20,7 @@ from analysis.kinds.base import (
     ALPHA,
     AnalysisSpec,
     Column,
+    Effect,
     Figure,
     Kind,
     Metric,
@@ -33,9 +34,17 @@ from analysis.kinds.base import (
     text_key,
 )
 from analysis.kinds.context import EstimateContext, FittedModel
-from analysis.kinds.cox import TIES, cox_metrics, cox_section, present_cox
+from analysis.kinds.cox import (
+    TIES,
+    cox_metrics,
+    cox_section,
+    forest_hr,
+    model_line,
+    present_cox,
+)
 from analysis.kinds.cox_model import CoxModelDef, arm_models
-from analysis.kinds.format import p_value
+from analysis.kinds.format import Locale
+from analysis.kinds.wording import conf_level, resolve, site_rows
 
 MAX_FOREST_SITES = 40
 """Per-site rows in the forest plot at most; with more sites the report's table lists them."""
@@ -147,67 +156,82 @@ class VEKind(Kind):
         out["by_site"] = _by_site(main, term, spec.alpha, context.sites)
         return out
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
+        loc = resolve(locale)
+        arm = str(result.get("arm") or "TRT01P")
+        if result.get("reference") is not None:  # the arm's reference names the comparison
+            loc = replace(loc, references={**loc.references, arm: str(result["reference"])})
         cox = result.get("cox") or {}
-        base = present_cox(name, cox, f"Cox model behind {name}", f"{name}_cox")
-        headline = (
-            f"efficacy of {result.get('treatment')} vs {result.get('reference')} on "
-            f"{result.get('param')}"
+        conf = conf_level(cox.get("alpha", result.get("alpha", 0.05)))
+        vaccine = result.get("measure", "ve") != "hr"  # proposed plan key: measure = "ve" | "hr"
+        comparison = loc.term(f"{arm}[T.{result.get('treatment')}]")
+        param = loc.param(str(result.get("param") or ""))
+        heading = loc.t(
+            "ve.heading" if vaccine else "ve.hr_heading", param=param, comparison=comparison
         )
-        rows = [
-            {
-                "group": "Overall",
-                "n": cox.get("n"),
-                "events": cox.get("events"),
-                **_row(result),
-            }
+        base = present_cox(name, cox, loc.t("ve.model"), loc, f"{name}_cox", forest=False)
+        rows = _subgroups(loc, result, cox)
+        columns = [
+            Column("group", loc.t("ve.subgroup")),
+            Column("n", loc.t("n"), "int"),
+            Column("events", loc.t("events"), "int"),
         ]
-        rows += [
-            {"group": country, "n": c.get("n"), "events": c.get("events"), **_row(c)}
-            for country, c in (result.get("by_country") or {}).items()
+        if vaccine:
+            columns.append(Column("ve", loc.t("ve.ve_ci", conf=conf), "est_pct"))
+        columns += [
+            Column("hr", loc.t("cox.hr_ci", conf=conf), "est_hr"),
+            Column("p", loc.t("p"), "p"),
         ]
-        rows += [
-            {"group": f"site {site}", "n": c.get("n"), "events": c.get("events"), **_row(c)}
-            for site, c in (result.get("by_site") or {}).items()
-        ]
-        notes = []
+        notes = [loc.t("ve.definition", comparison=comparison, model=model_line(loc, cox, True))]
         if result.get("by_country"):
-            notes.append(
-                f"treatment-by-country interaction p = {p_value(result.get('interaction_p'))}"
-            )
+            notes.append(loc.t("ve.interaction", p=loc.p(result.get("interaction_p"))))
+        if result.get("by_site"):
+            notes.append(loc.t("ve.site_note"))
         table = Table(
             name,
-            headline,
-            (
-                Column("group", "Group"),
-                Column("n", "N", "int"),
-                Column("events", "Events", "int"),
-                Column("ve", "VE", "pct"),
-                Column("ve_ci", "95% CI", "pct_ci"),
-                Column("hr", "HR", "hr"),
-                Column("hr_ci", "95% CI", "hr_ci"),
-                Column("p", "p", "p"),
-            ),
-            tuple(rows),
-            notes=tuple(notes),
+            heading,
+            tuple(columns),
+            tuple({"group": label, **values} for label, values in rows),
+            tuple(notes),
         )
-        metrics = [
-            Metric(("ve",), result.get("ve"), headline=True, label="VE"),
-            Metric(("ve_lower",), result.get("lower"), headline=True),
-            Metric(("ve_upper",), result.get("upper"), headline=True),
-            *(Metric((key,), result.get(key), headline=key == "p") for key in _HR_KEYS),
-            Metric(("interaction_p",), result.get("interaction_p"), headline=True),
+        effects = [
+            Effect(
+                loc.t("cox.effect", comparison=comparison),
+                "hr",
+                result.get("hr"),
+                result.get("hr_lower"),
+                result.get("hr_upper"),
+                result.get("p"),
+                "hr",
+                conf,
+                3,
+                comparison,
+                loc.t("method.cox", model=model_line(loc, cox, short=True)),
+            )
         ]
-        for country, c in (result.get("by_country") or {}).items():
-            for key in (*_HR_KEYS[:3], "ve", "lower", "upper", "n", "events"):
-                metrics.append(Metric(("country", country, key), c.get(key)))
-        metrics += cox_metrics(cox, ("cox",))
+        if vaccine:
+            effects.insert(
+                0,
+                Effect(
+                    loc.t("ve.effect", comparison=comparison),
+                    "ve",
+                    result.get("ve"),
+                    result.get("lower"),
+                    result.get("upper"),
+                    result.get("p"),
+                    "pct",
+                    conf,
+                    3,
+                    comparison,
+                    loc.t("method.cox", model=model_line(loc, cox, short=True)),
+                ),
+            )
         return Presentation(
-            heading=headline,
+            heading=heading,
             lines=base.lines,
             tables=(table, *base.tables),
-            figures=(_forest(name, result), *base.figures[1:]),
-            metrics=tuple(metrics),
+            figures=(_forest(loc, heading, rows, vaccine, conf, comparison, result), *base.figures),
+            metrics=tuple(_metrics(result, cox)),
             params={
                 "kind": self.name,
                 "param": result.get("param"),
@@ -215,51 +239,106 @@ class VEKind(Kind):
                 "reference": result.get("reference"),
                 "treatment": result.get("treatment"),
             },
+            effects=tuple(effects),
         )
 
 
 _HR_KEYS = ("hr", "hr_lower", "hr_upper", "p")
 
 
-def _row(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "ve": values.get("ve"),
-        "ve_ci": [values.get("lower"), values.get("upper")],
-        "hr": values.get("hr"),
-        "hr_ci": [values.get("hr_lower"), values.get("hr_upper")],
-        "p": values.get("p"),
-    }
-
-
-def _forest(name: str, result: Mapping[str, Any]) -> Figure:
-    rows: list[dict[str, Any]] = [
-        {
-            "label": f"{name}: {result.get('treatment')} vs {result.get('reference')}",
-            "header": True,
-            "interaction_p": result.get("interaction_p"),
-        },
-        {"label": "Overall", **result, "extra": result.get("p"), "extra_format": "p"},
+def _metrics(result: Mapping[str, Any], cox: Mapping[str, Any]) -> list[Metric]:
+    metrics = [
+        Metric(("ve",), result.get("ve"), headline=True, label="VE"),
+        Metric(("ve_lower",), result.get("lower"), headline=True),
+        Metric(("ve_upper",), result.get("upper"), headline=True),
+        *(Metric((key,), result.get(key), headline=key == "p") for key in _HR_KEYS),
+        Metric(("interaction_p",), result.get("interaction_p"), headline=True),
     ]
     for country, c in (result.get("by_country") or {}).items():
-        rows.append(
-            {"label": country, **c, "extra": f"n = {c.get('n')}, events = {c.get('events')}"}
-        )
-    by_site = result.get("by_site") or {}
-    if len(by_site) > MAX_FOREST_SITES:  # a row per site would be unreadable
-        rows.append(
-            {"label": f"{len(by_site)} sites: per-site estimates in report.html", "header": True}
-        )
+        for key in (*_HR_KEYS[:3], "ve", "lower", "upper", "n", "events"):
+            metrics.append(Metric(("country", country, key), c.get(key)))
+    return metrics + cox_metrics(cox, ("cox",))
+
+
+def _cells(values: Mapping[str, Any]) -> dict[str, Any]:
+    """VE and HR cells of a subgroup; a site's VE is 1 - its own HR."""
+    hr = [values.get("hr"), values.get("hr_lower"), values.get("hr_upper")]
+    if "ve" in values:
+        ve = [values.get("ve"), values.get("lower"), values.get("upper")]
     else:
-        for site, c in by_site.items():
-            rows.append(
-                {
-                    "label": f"site {site} ({c.get('country')})",
-                    "indent": 2,
-                    **c,
-                    "extra": f"n = {c.get('n')}, events = {c.get('events')}",
-                }
-            )
-    return Figure("forest", "forest", "Hazard ratios with 95% confidence intervals", {"rows": rows})
+        ve = [None if h is None else 1.0 - h for h in (hr[0], hr[2], hr[1])]
+    return {"ve": ve, "hr": hr, "p": values.get("p")}
+
+
+def _subgroups(
+    loc: Locale, result: Mapping[str, Any], cox: Mapping[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(label, cells) of the overall estimate, each country and each publishing site."""
+    rows = [
+        (
+            loc.t("overall"),
+            {"n": cox.get("n"), "events": cox.get("events"), "level": 0, **_cells(result)},
+        )
+    ]
+    for country, c in (result.get("by_country") or {}).items():
+        cells = {"n": c.get("n"), "events": c.get("events"), "level": 1, **_cells(c)}
+        rows.append((loc.level("COUNTRY", country), cells))
+    for label, c in site_rows(loc, result.get("by_site") or {}):
+        rows.append((label, {"n": c.get("n"), "events": c.get("events"), "level": 2, **_cells(c)}))
+    return rows
+
+
+def _forest(
+    loc: Locale,
+    heading: str,
+    rows: list[tuple[str, dict[str, Any]]],
+    vaccine: bool,
+    conf: int,
+    comparison: str,
+    result: Mapping[str, Any],
+) -> Figure:
+    """Treatment effect overall, per country and per publishing site (VE in vaccine trials)."""
+    sites = [r for r in rows if r[1]["level"] == 2]
+    shown = [r for r in rows if r[1]["level"] < 2]
+    if len(sites) <= MAX_FOREST_SITES:  # a row per site would be unreadable beyond that
+        shown += sites
+    out: list[dict[str, Any]] = [{"label": heading, "header": True}]
+    for label, c in shown:
+        values = c["ve"] if vaccine else c["hr"]
+        out.append(
+            {
+                "label": label,
+                "indent": c["level"],
+                "hr": values[0],
+                "lower": values[1],
+                "upper": values[2],
+                "n": c.get("n"),
+                "events": c.get("events"),
+                "p": c.get("p"),
+            }
+        )
+    if len(sites) > MAX_FOREST_SITES:
+        out.append({"label": loc.t("ve.many_sites", n=len(sites)), "header": True})
+    notes = []
+    if result.get("by_country"):
+        notes.append(loc.t("ve.interaction", p=loc.p(result.get("interaction_p"))))
+    if not vaccine:
+        figure = forest_hr(loc, heading, result.get("cox") or {}, out[1:])
+        return replace(figure, data={**figure.data, "notes": notes})
+    return Figure(
+        "forest_ve",
+        "forest",
+        loc.t("forest.title_ve", conf=conf),
+        {
+            "scale": "ve",
+            "axis": loc.t("forest.axis_ve"),
+            "favours": [],
+            "columns": [loc.t("forest.n_events"), loc.t("forest.ve_col", conf=conf), loc.t("p")],
+            "rows": out,
+            "notes": notes,
+            "comparison": comparison,
+        },
+    )
 
 
 def _treatment(spec: VEAnalysis, main: FittedModel) -> tuple[str, str]:
