@@ -180,7 +180,14 @@ class AnalysisResult:
 
     @property
     def summary(self) -> pd.DataFrame:
-        """The analysis's main table (Cox: one row per term, Table 1, log-rank groups...)."""
+        """The analysis's main table. A model with ``terms`` (Cox, and the Cox model behind VE):
+        one row per model term (``coef``, ``se``, ``hr``, ``hr_lower``, ``hr_upper``, ``z``,
+        ``p``), as lifelines' ``summary``; otherwise the kind's first table (raw values)."""
+        terms = self.section.get("terms") or (self.section.get("cox") or {}).get("terms")
+        if terms:
+            frame = pd.DataFrame.from_dict(terms, orient="index")
+            frame.index.name = "term"
+            return frame
         main = next(
             (t for t in self.presentation.tables if t.id == self.name),
             self.presentation.tables[0] if self.presentation.tables else None,
@@ -223,8 +230,19 @@ class Results:
 
     @property
     def summary(self) -> pd.DataFrame:
-        """Table 1 of the first ``summary`` analysis."""
-        return self._first("summary").summary
+        """Table 1 of the first ``summary`` analysis: one column per group and ``Overall``;
+        rows ``n``, ``age_mean``, ``age_sd``, ``sex: <level>``, ``events: <PARAMCD>`` and
+        ``censored: <PARAMCD>``."""
+        section = self._first("summary").section
+        groups = {**(section.get("groups") or {}), "Overall": section.get("overall") or {}}
+        columns: dict[str, dict[str, Any]] = {}
+        for group, values in groups.items():
+            column: dict[str, Any] = {k: values.get(k) for k in ("n", "age_mean", "age_sd")}
+            for part in ("sex", "events", "censored"):
+                for level, count in (values.get(part) or {}).items():
+                    column[f"{part}: {level}"] = count
+            columns[group] = column
+        return pd.DataFrame(columns)
 
     @property
     def km(self) -> pd.DataFrame:

@@ -78,7 +78,8 @@ def test_the_worked_example_runs_as_documented(
     results = namespace["results"]
     assert results.results_["engine"] == "simulation"
     table1 = results.summary
-    assert table1.loc["N", "Overall"] == 1200
+    assert table1.loc["n", "Overall"] == 1200
+    assert table1.loc["n", "Placebo"] + table1.loc["n", "Vaccine"] == 1200
     assert set(results.km["group"]) == {"Placebo", "Vaccine"}
     cox = results.cox.summary
     assert cox.loc["TRT01P[T.Vaccine]", "hr"] == pytest.approx(
