@@ -25,7 +25,8 @@ from analysis.kinds import REGISTRY
 from analysis.kinds.base import INVALID, NAME_PATTERN, AnalysisSpec, number_key, one_of
 from analysis.terminology import default_study_levels, parse_study_levels
 
-STUDY_KEYS = ("id", "title", "description", "sites")
+STUDY_KEYS = ("id", "title", "description", "sites", "language", "primary", "time_unit")
+LANGUAGES = ("en", "ja", "ko")
 RUN_KEYS = {
     "min_sites": number_key(0, 10_000, "sites that must answer (0 = all)", integer=True),
     "round_timeout": number_key(0, 86_400.000001, "seconds a round waits for the sites"),
@@ -53,6 +54,9 @@ class Plan:
     study_id, title, description : str
     sites : tuple of str
         Site ids the plan expects (empty: every site the coordinator enrolled).
+    language, primary, time_unit : str
+        The reports' default language (``en``, ``ja``, ``ko``), the analysis that leads the
+        report's headline, and the time unit the axes name when the endpoint's label has none.
     analyses : tuple of AnalysisSpec
         One spec per ``[[analysis]]`` table, of its kind's spec class.
     run : RunSettings
@@ -68,6 +72,9 @@ class Plan:
     run: RunSettings = field(default_factory=RunSettings)
     description: str = ""
     sites: tuple[str, ...] = ()
+    language: str = ""
+    primary: str = ""
+    time_unit: str = ""
     levels: tuple[tuple[str, tuple[str, ...]], ...] = ()
     text: str = ""
     source: str = "<plan>"
@@ -86,6 +93,9 @@ class Plan:
             study["description"] = self.description
         if self.sites:
             study["sites"] = list(self.sites)
+        for key in ("language", "primary", "time_unit"):
+            if getattr(self, key):
+                study[key] = getattr(self, key)
         out: dict[str, Any] = {
             "study": study,
             "run": asdict(self.run),
@@ -155,6 +165,11 @@ def plan_from_tables(raw: Mapping[str, Any], source: str = "<code>", text: str =
             )
         names.add(spec.name)
         analyses.append(spec)
+    primary = study.get("primary", "")
+    if primary and primary not in names:
+        problems.append(
+            f"[study] primary must name one of the analyses {sorted(names)}; got {primary!r}"
+        )
     if problems:
         raise UserError(f"{source}: invalid analysis plan:\n  - " + "\n  - ".join(problems))
     plan = Plan(analyses=tuple(analyses), run=run, levels=levels, source=source, text=text, **study)
@@ -170,12 +185,17 @@ def _parse_study(study: Any, problems: list[str]) -> dict[str, Any]:
     if extra:
         problems.append(f"[study]: unknown key(s) {sorted(extra)}; allowed: {list(STUDY_KEYS)}")
     out["study_id"] = study["id"]
-    for key in ("title", "description"):
+    for key in ("title", "description", "primary", "time_unit"):
         value = study.get(key, "")
         if not isinstance(value, str):
             problems.append(f"[study] {key} must be a string; got {value!r}")
         else:
             out[key] = value
+    language = study.get("language", "")
+    if language and language not in LANGUAGES:
+        problems.append(f"[study] language must be one of {one_of(LANGUAGES)}; got {language!r}")
+    elif isinstance(language, str):
+        out["language"] = language
     sites = study.get("sites", [])
     if (
         not isinstance(sites, list)

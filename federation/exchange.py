@@ -200,9 +200,12 @@ class Exchange:
         """What results.json says about a site."""
         info = self.info.get(site, {"id": site})
         out: dict[str, Any] = {
-            k: info[k] for k in ("id", "name", "country", "n", "policy") if k in info
+            k: info[k] for k in ("id", "name", "country", "n", "policy", "synthetic") if k in info
         }
         out["events"] = {p: v["events"] for p, v in info.get("params", {}).items()}
+        out["params"] = dict(info.get("params", {}))
+        if info.get("data_cutoff"):
+            out["data_cutoff"] = info["data_cutoff"]
         if site in self.audit:
             out["audit"] = self.audit[site]
         return out

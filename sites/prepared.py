@@ -199,7 +199,11 @@ def site_info(bundle: SiteBundle) -> dict[str, Any]:
     for param in bundle.params():
         data = survival_data(bundle, param)
         events = data.n_events
-        params[param] = {"n": data.n, "events": events if events == 0 or events >= k else None}
+        params[param] = {
+            "n": data.n,
+            "events": events if events == 0 or events >= k else None,
+            **endpoint_labels(bundle, param),
+        }
     return {
         "id": bundle.site_id,
         "name": bundle.name,
@@ -207,4 +211,36 @@ def site_info(bundle: SiteBundle) -> dict[str, Any]:
         "n": int(len(bundle.adsl)),
         "params": params,
         "policy": bundle.rules.public(),
+        "data_cutoff": data_cutoff(bundle),
     }
+
+
+def endpoint_labels(bundle: SiteBundle, param: str) -> dict[str, str]:
+    """The endpoint's ADaM label (PARAM) and, where the bundle has it, its unit (AVALU)."""
+    rows = bundle.adtte[bundle.adtte["PARAMCD"].to_numpy() == param]
+    out = {}
+    for column, key in (("PARAM", "label"), ("AVALU", "unit")):
+        if column in rows and len(rows):
+            value = str(rows[column].iloc[0])
+            if value:
+                out[key] = value
+    return out
+
+
+SAS_EPOCH = np.datetime64("1960-01-01")
+
+
+def data_cutoff(bundle: SiteBundle) -> str | None:
+    """The data cut-off as an ISO date: ADSL ``DCUTDT`` (a study-level date), else the last
+    ADTTE ``ADT`` (with the disclosure rules on, only its month: the day of the last event or
+    censoring is one subject's). SAS dates count days from 1960-01-01."""
+    for table, column in ((bundle.adsl, "DCUTDT"), (bundle.adtte, "ADT")):
+        if column in table and table[column].dtype.kind in "fi":
+            days = table[column].to_numpy(dtype=np.float64)
+            days = days[np.isfinite(days)]
+            if days.size:
+                date = SAS_EPOCH + np.timedelta64(int(days.max()), "D")
+                if column == "ADT" and bundle.rules.min_cell_count > 0:
+                    return str(date.astype("datetime64[M]"))  # YYYY-MM
+                return str(date)
+    return None
