@@ -51,6 +51,7 @@ def build_results(plan: Plan, outcome: Any, engine: str, seconds: float) -> dict
             "refusals": getattr(outcome, "refusals", []),
             "disclosure": getattr(outcome, "disclosure", []),
             "analyses": outcome.analyses,
+            **({"secure_aggregation": outcome.secure} if getattr(outcome, "secure", None) else {}),
         }
     )
 

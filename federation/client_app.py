@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from analysis.errors import UserError
 from federation.codec import decode, encode
+from federation.secure_client import Handler, handle_train
 from sites.node import serve
 from sites.prepared import prefetch
 
@@ -33,19 +34,32 @@ def _bundle_from_node_config(context: Context) -> Path:
     return Path(bundle)
 
 
-def make_client_app(bundles: Sequence[Path | str] | None = None) -> ClientApp:
-    """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``."""
+def make_client_app(
+    bundles: Sequence[Path | str] | None = None, train: Handler | None = None
+) -> ClientApp:
+    """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``.
+
+    ``train`` handles ``train`` messages that are not secure-aggregation stages (model training);
+    SecAgg+ stage messages go to :func:`federation.secure_client.handle_train`.
+    """
     app = ClientApp()
     paths = [str(Path(b).resolve()) for b in bundles] if bundles else None
 
-    @app.query("analysis")
-    def query(message: Message, context: Context) -> Message:
+    def site(context: Context) -> tuple[Path, Path | None]:
         if paths is not None:
             path = Path(paths[int(context.node_config["partition-id"])])
         else:
             path = _bundle_from_node_config(context)
         audit_log = context.node_config.get("audit-log")
-        return handle(message, path, Path(str(audit_log)) if audit_log else None)
+        return path, Path(str(audit_log)) if audit_log else None
+
+    @app.query("analysis")
+    def query(message: Message, context: Context) -> Message:
+        return handle(message, *site(context))
+
+    @app.train()
+    def secure_or_train(message: Message, context: Context) -> Message:
+        return handle_train(message, context, *site(context), fallback=train)
 
     return app
 

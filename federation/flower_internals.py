@@ -53,6 +53,30 @@ Names, what trialfed uses them for, and what breaks when they change:
     not set" on the first message.
 ``now`` (``flwr.supercore.date``)
     The timestamp Flower writes to ``delivered_at``; :mod:`federation.linkstate` writes the same.
+
+Secure aggregation (:mod:`federation.secure`, :mod:`federation.secure_client`) uses Flower's
+public ``SecAggPlusWorkflow``, ``LegacyContext``, ``Strategy`` and ``secaggplus_mod``, and these
+names from their plumbing:
+
+``recorddict_to_fitins``, ``fitres_to_recorddict`` (``flwr.compat.common.recorddict_compat``)
+    The legacy FitIns/FitRes layout of a RecordDict that ``secaggplus_mod`` reads and writes: the
+    site reads its request from the FitIns config and returns its vector as FitRes parameters.
+    Breaks: the site cannot read the secure request, or the mod finds no parameters to mask.
+``GridClientProxy`` (``flwr.server.compat.grid_client_proxy``)
+    The ClientProxy a Strategy's ``configure_fit`` returns; the workflow reads its ``node_id``.
+    Breaks: ``configure_fit`` cannot name the sites.
+``MAIN_CONFIGS_RECORD``, ``MAIN_PARAMS_RECORD``, ``WorkflowKey`` (``flwr.server.workflow.
+constant``)
+    Where the workflow reads the round number and the current parameters in the context's state.
+    Breaks: a KeyError when a secure round starts.
+``RECORD_KEY_CONFIGS``, ``SecAggKey``, ``Stage`` (``flwr.common.secure_aggregation.
+secaggplus_constants``)
+    The record and keys of the SecAgg+ stage messages: the site's guard reads the stage and the
+    setup configuration (participants, shares, threshold, ranges) before ``secaggplus_mod`` does,
+    and the coordinator's stage records name the stage a site dropped out in. Breaks: every
+    secure message is refused by the guard (it finds no stage).
+``ErrorCode`` (``flwr.common.constant``)
+    The code of the error reply a site sends when it refuses to take part in a secure sum.
 """
 
 from __future__ import annotations
@@ -64,13 +88,19 @@ from typing import Any
 from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
-from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID
+from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.run_serverapp import run as run_serverapp
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 from flwr.server.superlink.fleet.vce.metrics import VceMetrics
 from flwr.server.superlink.linkstate import LinkState, LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import ServerApp
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
 from flwr.supercore.date import now
@@ -82,12 +112,17 @@ from flwr.superlink.grid import InMemoryGrid
 
 __all__ = [
     "FLWR_IN_MEMORY_DB_NAME",
+    "MAIN_CONFIGS_RECORD",
+    "MAIN_PARAMS_RECORD",
     "NOOP_FEDERATION_ID",
     "PARTITION_ID_KEY",
+    "RECORD_KEY_CONFIGS",
     "SUPERLINK_NODE_ID",
     "Backend",
     "BackendConfig",
     "ClientAppException",
+    "ErrorCode",
+    "GridClientProxy",
     "InMemoryGrid",
     "InMemoryLinkState",
     "LinkState",
@@ -95,13 +130,18 @@ __all__ = [
     "NoOpFederationManager",
     "ObjectStoreFactory",
     "Run",
+    "SecAggKey",
+    "Stage",
     "TaskIdentity",
     "TaskType",
     "VceMetrics",
+    "WorkflowKey",
     "create_run",
+    "fitres_to_recorddict",
     "in_memory_grid",
     "in_memory_state_factory",
     "now",
+    "recorddict_to_fitins",
     "register_virtual_nodes",
     "run_runtime",
     "run_serverapp",
