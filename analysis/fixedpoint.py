@@ -62,7 +62,7 @@ def _first_bad(values: NDArray[Any], bad: NDArray[np.bool_], what: str, allowed:
     if bad.any():
         i = int(np.argmax(bad))
         raise RangeError(
-            f"{what}: value {values.ravel()[i]!r} at position {i} is outside the range secure "
+            f"{what}: value {float(values.ravel()[i])!r} at position {i} is outside the range secure "
             f"aggregation carries exactly ({allowed}); nothing was sent"
         )
 

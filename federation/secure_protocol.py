@@ -330,7 +330,14 @@ def _model_round(
 
 def _update(link: Exchange, runs: list[SecureCox], totals: Mapping[str, Any]) -> None:
     """Newton steps from the pooled totals; a model a site refused stops (as in a plain run)."""
+    live = set(link.live_sites())
     for run in runs:
+        if len(live & set(run.sites)) < MIN_SITES:  # e.g. a country's sites after a dropout
+            run.stop(
+                f"round {link.rounds}: withheld under secure aggregation: fewer than "
+                f"{MIN_SITES} of its sites remain"
+            )
+            continue
         refused = [
             f"{s} ({why.get('rule')}: {why.get('message')})"
             for s in run.sites
