@@ -23,7 +23,15 @@ from federation.secure import SecureSum, to_text
 from sites.node import serve_secure
 
 COUNT_KEYS = {"n", "events", "censored", "at_risk", "observed", "age_n", "df"}
-SKIP_KEYS = {"secure_aggregation", "history", "rounds", "disclosure", "refusals", "message", "by_site"}
+SKIP_KEYS = {
+    "secure_aggregation",
+    "history",
+    "rounds",
+    "disclosure",
+    "refusals",
+    "message",
+    "by_site",
+}
 """Not compared: the Newton path (its start differs when the sites publish no fit), notes, and
 the per-site forest rows (published fits only)."""
 
