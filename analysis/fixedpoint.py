@@ -61,9 +61,10 @@ class RangeError(ValueError):
 def _first_bad(values: NDArray[Any], bad: NDArray[np.bool_], what: str, allowed: str) -> None:
     if bad.any():
         i = int(np.argmax(bad))
+        value = float(values.ravel()[i])
         raise RangeError(
-            f"{what}: value {float(values.ravel()[i])!r} at position {i} is outside the range secure "
-            f"aggregation carries exactly ({allowed}); nothing was sent"
+            f"{what}: value {value!r} at position {i} is outside the range secure aggregation "
+            f"carries exactly ({allowed}); nothing was sent"
         )
 
 

@@ -54,9 +54,29 @@ Names, what trialfed uses them for, and what breaks when they change:
 ``now`` (``flwr.supercore.date``)
     The timestamp Flower writes to ``delivered_at``; :mod:`federation.linkstate` writes the same.
 
-Secure aggregation (:mod:`federation.secure`, :mod:`federation.secure_client`) uses Flower's
-public ``SecAggPlusWorkflow``, ``LegacyContext``, ``Strategy`` and ``secaggplus_mod``, and these
-names from their plumbing:
+Secure aggregation (:mod:`federation.secure`, :mod:`federation.secure_client`): SecAgg+ exists
+only in Flower's legacy API (``flwr.server``, ``flwr.client``, ``flwr.common``), outside the
+Message API above, so every name it needs is here:
+
+``SecAggPlusWorkflow`` (``flwr.server.workflow``), ``LegacyContext``, ``ClientManager``
+(``flwr.server``), ``Strategy`` (``flwr.server.strategy``), ``ClientProxy``
+(``flwr.server.client_proxy``)
+    The coordinator's four SecAgg+ stages. The workflow needs a ``LegacyContext`` whose strategy
+    names the sites (``configure_fit``) and receives the unmasked result (``aggregate_fit``).
+    Breaks: a secure round cannot start (TypeError), or its result never reaches the protocol.
+``secaggplus_mod`` (``flwr.client.mod``)
+    The site's side of the four stages: keys, shares, masking of the FitRes parameters. Breaks:
+    the site answers no stage.
+``FitIns``, ``FitRes``, ``EvaluateIns``, ``EvaluateRes``, ``Parameters``, ``Scalar``, ``Status``,
+``Code``, ``ndarrays_to_parameters``, ``parameters_to_ndarrays``, ``bytes_to_ndarray``
+(``flwr.common``)
+    The legacy records the workflow and the mod exchange (the request travels in the FitIns
+    config, the vector as FitRes parameters); ``bytes_to_ndarray`` reads the masked vectors a
+    recording coordinator keeps (tests).
+``quantize``, ``dequantize`` (``flwr.common.secure_aggregation.quantization``)
+    SecAgg+'s quantisation, which :mod:`analysis.fixedpoint` relies on to carry integers exactly
+    (tests check it with these functions). Breaks: sums stop being exact integers; the
+    coordinator's decoding then refuses the sum (never a silent error).
 
 ``recorddict_to_fitins``, ``fitres_to_recorddict`` (``flwr.compat.common.recorddict_compat``)
     The legacy FitIns/FitRes layout of a RecordDict that ``secaggplus_mod`` reads and writes: the
@@ -86,19 +106,38 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import Context, RecordDict, UserConfig
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
+from flwr.common import (
+    Code,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    Status,
+    bytes_to_ndarray,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
 from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+from flwr.server import ClientManager, LegacyContext
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.run_serverapp import run as run_serverapp
+from flwr.server.strategy import Strategy
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 from flwr.server.superlink.fleet.vce.metrics import VceMetrics
 from flwr.server.superlink.linkstate import LinkState, LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import ServerApp
@@ -121,30 +160,49 @@ __all__ = [
     "Backend",
     "BackendConfig",
     "ClientAppException",
+    "ClientManager",
+    "ClientProxy",
+    "Code",
     "ErrorCode",
+    "EvaluateIns",
+    "EvaluateRes",
+    "FitIns",
+    "FitRes",
     "GridClientProxy",
     "InMemoryGrid",
     "InMemoryLinkState",
     "LinkState",
+    "LegacyContext",
     "LinkStateFactory",
     "NoOpFederationManager",
     "ObjectStoreFactory",
+    "Parameters",
     "Run",
+    "Scalar",
     "SecAggKey",
+    "SecAggPlusWorkflow",
     "Stage",
+    "Status",
+    "Strategy",
     "TaskIdentity",
     "TaskType",
     "VceMetrics",
     "WorkflowKey",
+    "bytes_to_ndarray",
     "create_run",
+    "dequantize",
     "fitres_to_recorddict",
     "in_memory_grid",
     "in_memory_state_factory",
+    "ndarrays_to_parameters",
     "now",
+    "parameters_to_ndarrays",
+    "quantize",
     "recorddict_to_fitins",
     "register_virtual_nodes",
     "run_runtime",
     "run_serverapp",
+    "secaggplus_mod",
     "serve",
     "vce_api",
 ]

@@ -28,19 +28,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common import (
-    EvaluateIns,
-    EvaluateRes,
-    FitIns,
-    FitRes,
-    Parameters,
-    Scalar,
-    parameters_to_ndarrays,
-)
-from flwr.server import ClientManager, LegacyContext
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import Strategy
-from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from analysis.fixedpoint import (
@@ -56,9 +43,21 @@ from federation.flower_internals import (
     MAIN_CONFIGS_RECORD,
     MAIN_PARAMS_RECORD,
     RECORD_KEY_CONFIGS,
+    ClientManager,
+    ClientProxy,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
     GridClientProxy,
+    LegacyContext,
+    Parameters,
+    Scalar,
     SecAggKey,
+    SecAggPlusWorkflow,
+    Strategy,
     WorkflowKey,
+    parameters_to_ndarrays,
 )
 from federation.transport import GridTransport
 

@@ -21,17 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message
-from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
 from analysis.fixedpoint import CLIPPING_RANGE, MAX_SITES, MODULUS_RANGE, QUANTIZATION_RANGE
 from federation.flower_internals import (
     RECORD_KEY_CONFIGS,
+    Code,
     ErrorCode,
+    FitRes,
     SecAggKey,
     Stage,
+    Status,
     fitres_to_recorddict,
+    ndarrays_to_parameters,
     recorddict_to_fitins,
+    secaggplus_mod,
 )
 from federation.secure import MIN_SITES, REPLY_KEY, REQUEST_KEY, refusal_reason, to_text
 from sites.node import record_refusal, serve_secure

@@ -7,9 +7,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from analysis import fixedpoint as fp
+from federation.flower_internals import dequantize, quantize
 
 RNG = np.random.default_rng(20260101)
 

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Message
-from flwr.common import bytes_to_ndarray
 
 from analysis.fixedpoint import CLIPPING_RANGE
 from analysis.plan import parse_plan
 from experiments.synth import generate_trial, write_trial
 from federation.exchange import RunFailed
+from federation.flower_internals import bytes_to_ndarray
 from federation.inprocess import InProcessTransport
 from federation.protocol import run_plan
 from federation.secure import REPLY_KEY, REQUEST_KEY, StageEvent, observe
