@@ -71,9 +71,14 @@ def set_policy(bundles: Sequence[Path], policy: str) -> list[Path]:
     return list(bundles)
 
 
+def plain(text: str) -> str:
+    """The plan text without secure aggregation (the demo plan asks for it)."""
+    return re.sub(r"(?m)^secure_aggregation = true\b.*\n", "", text)
+
+
 def secure(text: str) -> str:
     """The plan text with ``[run] secure_aggregation = true``."""
-    return re.sub(r"\[run\]\n", "[run]\nsecure_aggregation = true\n", text, count=1)
+    return re.sub(r"\[run\]\n", "[run]\nsecure_aggregation = true\n", plain(text), count=1)
 
 
 def compare(plain: Any, secured: Any, path: str = "") -> dict[str, float]:

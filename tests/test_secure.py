@@ -33,7 +33,7 @@ from federation.secure import REPLY_KEY, REQUEST_KEY, StageEvent, observe
 from federation.simulation import run_simulated
 from sites.node import default_audit_log, serve_secure
 from tests.cdisc import split_cdisc_pilot
-from tests.secure_helpers import compare, secure, set_policy
+from tests.secure_helpers import compare, plain, secure, set_policy
 from tests.test_secure_protocol import DEMO, EXACT, PILOT_PLAN, SECURE, STRICT
 
 pytestmark = pytest.mark.slow
@@ -113,17 +113,17 @@ def _site_vectors(secure_round: list[StageEvent], bundles: dict[str, Path]) -> l
 def test_secure_demo_equals_the_plain_run_and_the_coordinator_sees_no_site_vector(
     trial_dir: Path, tmp_path: Path
 ) -> None:
-    text = DEMO.read_text()
-    plain = run_plan(
+    text = plain(DEMO.read_text())
+    exact = run_plan(
         parse_plan(text), InProcessTransport(_copy(trial_dir / "sites", tmp_path / "a", EXACT))
     )
     bundles = _copy(trial_dir / "sites", tmp_path / "b", SECURE)
     recorder = Recorder()
     with observe(recorder):
         secured = run_simulated(parse_plan(secure(text)), bundles)
-    worst = compare(plain.analyses, secured.analyses)
+    worst = compare(exact.analyses, secured.analyses)
     assert max(worst.values()) <= 1e-9, worst
-    assert secured.rounds == plain.rounds  # round 2 sums round 1 and evaluates the Cox start
+    assert secured.rounds == exact.rounds  # round 2 sums round 1 and evaluates the Cox start
     rounds = recorder.rounds()
     assert len(rounds) == secured.rounds - 1
     by_id = {b.name: b for b in bundles}
@@ -156,10 +156,10 @@ def test_secure_demo_equals_the_plain_run_and_the_coordinator_sees_no_site_vecto
 
 def test_secure_pilot_by_site_equals_the_plain_exact_run(cdisc_dir: Path, tmp_path: Path) -> None:
     plain_sites = set_policy(split_cdisc_pilot(cdisc_dir, tmp_path / "a"), EXACT)
-    plain = run_plan(parse_plan(PILOT_PLAN), InProcessTransport(plain_sites))
+    exact = run_plan(parse_plan(PILOT_PLAN), InProcessTransport(plain_sites))
     sites = set_policy(split_cdisc_pilot(cdisc_dir, tmp_path / "b"), SECURE)
     secured = run_simulated(parse_plan(secure(PILOT_PLAN)), sites)
-    worst = compare(plain.analyses, secured.analyses)
+    worst = compare(exact.analyses, secured.analyses)
     assert max(worst.values()) <= 1e-9, worst
     assert len(secured.secure["rounds"][0]["sites"]) == 17
 
@@ -194,9 +194,9 @@ def test_a_site_dropping_out_within_the_threshold_leaves_the_rest_summed(
     # the Cox model from round 3 on is the three remaining sites' model
     three = _copy(trial_dir / "sites", tmp_path / "c", EXACT, count=4)
     del three[1]
-    plain = run_plan(parse_plan(DEMO.read_text()), InProcessTransport(three))
+    exact = run_plan(parse_plan(plain(DEMO.read_text())), InProcessTransport(three))
     terms = out.analyses["cox"]["terms"]
-    for term, row in plain.analyses["cox"]["terms"].items():
+    for term, row in exact.analyses["cox"]["terms"].items():
         assert abs(terms[term]["coef"] - row["coef"]) <= 1e-6
 
 

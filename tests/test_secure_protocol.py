@@ -26,7 +26,7 @@ from federation.secure_client import EXPECTED, guard
 from federation.secure_protocol import run_secure
 from sites.node import default_audit_log, serve, serve_secure
 from tests.cdisc import split_cdisc_pilot
-from tests.secure_helpers import ClearSumTransport, compare, secure, set_policy
+from tests.secure_helpers import ClearSumTransport, compare, plain, secure, set_policy
 
 DEMO = Path(__file__).resolve().parents[1] / "experiments" / "plans" / "demo_vaccine.toml"
 EXACT = "min_cell_count = 0\npublish_site_estimates = true\n"
@@ -96,23 +96,23 @@ def _copy(source: Path, target: Path, policy: str) -> list[Path]:
     return set_policy(sorted(target.iterdir()), policy)
 
 
-def _assert_equal(plain: Any, secured: Any, tol: float = 1e-9) -> dict[str, float]:
-    worst = compare(plain.analyses, secured.analyses)
+def _assert_equal(exact: Any, secured: Any, tol: float = 1e-9) -> dict[str, float]:
+    worst = compare(exact.analyses, secured.analyses)
     assert all(d <= tol for d in worst.values()), worst
     return worst
 
 
 def test_secure_demo_plan_equals_the_plain_exact_run(trial_dir: Path, tmp_path: Path) -> None:
-    text = DEMO.read_text()
-    plain = run_plan(
+    text = plain(DEMO.read_text())
+    exact = run_plan(
         parse_plan(text), InProcessTransport(_copy(trial_dir / "sites", tmp_path / "a", EXACT))
     )
     bundles = _copy(trial_dir / "sites", tmp_path / "b", SECURE)
     secured = run_secure(parse_plan(secure(text)), ClearSumTransport(bundles))
-    worst = _assert_equal(plain, secured)
+    worst = _assert_equal(exact, secured)
     assert set(worst) >= {"coef", "se", "survival", "expected"}
     assert secured.secure["rounds"][0] == {"round": 2, "sites": [b.name for b in bundles]}
-    assert secured.analyses["ve"]["by_site"] == plain.analyses["ve"]["by_site"]
+    assert secured.analyses["ve"]["by_site"] == exact.analyses["ve"]["by_site"]
     assert not secured.refusals and not secured.disclosure
 
 
@@ -121,13 +121,13 @@ def test_without_published_fits_the_newton_start_differs_not_the_estimate(
 ) -> None:
     """No fit leaves a site (the default policy): the iteration starts at zero and ends at the
     same maximum, within the Newton tolerance (SEs come from the last point evaluated)."""
-    text = DEMO.read_text()
-    plain = run_plan(
+    text = plain(DEMO.read_text())
+    exact = run_plan(
         parse_plan(text), InProcessTransport(_copy(trial_dir / "sites", tmp_path / "a", EXACT))
     )
     bundles = _copy(trial_dir / "sites", tmp_path / "b", STRICT)
     secured = run_secure(parse_plan(secure(text)), ClearSumTransport(bundles))
-    worst = _assert_equal(plain, secured, tol=1e-6)
+    worst = _assert_equal(exact, secured, tol=1e-6)
     assert worst["coef"] <= 1e-9
     assert secured.analyses["ve"]["by_site"] == {}  # no site published its own fit
 
@@ -138,12 +138,12 @@ def test_secure_pilot_split_by_site_equals_the_plain_exact_run(
     """17 sites of 1 to 41 subjects at k = 5: the plain run refuses or coarsens at 9 of them,
     the secure run gives the exact pooled answer (KM, log-rank, Cox with either baseline)."""
     plain_sites = set_policy(split_cdisc_pilot(cdisc_dir, tmp_path / "a"), EXACT)
-    plain = run_plan(parse_plan(PILOT_PLAN), InProcessTransport(plain_sites))
+    exact = run_plan(parse_plan(PILOT_PLAN), InProcessTransport(plain_sites))
     sites = set_policy(split_cdisc_pilot(cdisc_dir, tmp_path / "b"), SECURE)
     coarse = run_plan(parse_plan(PILOT_PLAN), InProcessTransport(sites))
     assert coarse.disclosure  # the plain k = 5 run changes answers
     secured = run_secure(parse_plan(secure(PILOT_PLAN)), ClearSumTransport(sites))
-    _assert_equal(plain, secured)
+    _assert_equal(exact, secured)
     assert all(s["contributed"] for s in secured.sites) and len(secured.sites) == 17
     assert secured.analyses["cox_pooled"]["converged"]
 
@@ -171,7 +171,7 @@ def test_a_site_requiring_secure_aggregation_refuses_a_plain_plan(
 ) -> None:
     bundles = _copy(trial_dir / "sites", tmp_path / "b", STRICT)
     set_policy(bundles[:1], STRICT + "require_secure_aggregation = true\n")
-    text = DEMO.read_text()
+    text = plain(DEMO.read_text())
     with pytest.raises(RunFailed, match=r"JP01 \(round 1: refused \(require_secure_aggregation\)"):
         run_plan(parse_plan(text), InProcessTransport(bundles))
     entry = json.loads(default_audit_log(bundles[0]).read_text().splitlines()[-1])
@@ -185,7 +185,7 @@ def test_secure_rounds_are_never_answered_in_the_clear(trial_dir: Path, tmp_path
     plan = parse_plan(secure(DEMO.read_text()))
     reply = serve(bundle, request(plan, 2, {"countries": ["JP", "KR"], "models": {}}))
     assert reply["ok"] is False and reply["rule"] == "secure_aggregation"
-    plain_plan = parse_plan(DEMO.read_text())
+    plain_plan = parse_plan(plain(DEMO.read_text()))
     vector, refused = serve_secure(bundle, request(plain_plan, 2, {"countries": ["JP"]}))
     assert vector is None and refused["rule"] == "secure_aggregation"
 
