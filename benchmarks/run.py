@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--data", type=Path, default=None, help="work folder (default: temp)")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="fixed cox sites site deployment profile"
+        "--only", nargs="*", default=None, help="fixed cox sites site deployment profile secure"
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per command")
     parser.add_argument(
@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (work / "out").mkdir(parents=True, exist_ok=True)  # every bench writes its JSON there
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["fixed", "cox", "sites", "site", "deployment", "profile"])
+    wanted = set(args.only or ["fixed", "cox", "sites", "site", "deployment", "profile", "secure"])
     if args.smoke:
         sizes, counts, site_n, prof_n = [2000], [2, 3], 5000, 0
     else:
@@ -317,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             docs["deployment"] = {"error": f"{type(exc).__name__}: {exc}"}
     if "profile" in wanted and prof_n:
         docs["profile"] = bench_profile(work, prof_n, args.timeout)
+    if "secure" in wanted:
+        from benchmarks.secure import bench_secure
+
+        _say("secure aggregation vs plain")
+        docs["secure"] = bench_secure(work, args.smoke, args.timeout, trialfed_run)
     if not args.summary_only:
         meta["seconds"] = round(time.perf_counter() - started, 1)
         for name, doc in docs.items():
@@ -324,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.summary import write_summary
 
     shown = dict(docs)
-    for name in ("fixed", "cox", "sites", "site_side", "deployment", "profile"):
+    for name in ("fixed", "cox", "sites", "site_side", "deployment", "profile", "secure"):
         earlier = out / f"{name}.json"
         if name not in shown and earlier.is_file():  # from an earlier (partial) run
             shown[name] = json.loads(earlier.read_text())[name]

@@ -87,8 +87,8 @@ _OBSERVERS: list[Observer] = []
 
 @contextlib.contextmanager
 def observe(observer: Observer) -> Iterator[None]:
-    """Call ``observer(event)`` for every stage of every secure sum meanwhile, and once more
-    with the unmasked element sums."""
+    """Call ``observer(event)`` for every round trip of the coordinator meanwhile (each SecAgg+
+    stage, and ``query`` for a plain round), and after each secure sum with its element sums."""
     _OBSERVERS.append(observer)
     try:
         yield
@@ -189,12 +189,17 @@ class _Round(Strategy):
 
 
 class _StageGrid(Grid):
-    """The Grid as the workflow sees it: every stage's replies recorded (and observed)."""
+    """The coordinator's Grid, observed: every round trip is shown to the observers (stage
+    ``query`` for a plain round), and a secure sum's stages and failures are recorded."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.stages: list[str] = []
         self.failures: dict[int, SiteFailure] = {}
+
+    def start(self) -> None:
+        """Forget the previous secure sum's stages and failures."""
+        self.stages, self.failures = [], {}
 
     def set_run(self, run: Any) -> None:
         self.grid.set_run(run)
@@ -226,7 +231,13 @@ class _StageGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         sent = list(messages)
-        stage = str(sent[0].content.config_records[RECORD_KEY_CONFIGS][SecAggKey.STAGE])
+        records = sent[0].content.config_records if sent else {}
+        if RECORD_KEY_CONFIGS not in records:
+            received = list(self.grid.send_and_receive(sent, timeout=timeout))
+            for observer in list(_OBSERVERS):
+                observer(StageEvent("query", sent, received))
+            return received
+        stage = str(records[RECORD_KEY_CONFIGS][SecAggKey.STAGE])
         self.stages.append(stage)
         started = time.monotonic()
         received = list(self.grid.send_and_receive(sent, timeout=timeout))
@@ -253,7 +264,12 @@ class _StageGrid(Grid):
 
 
 class SecureGridTransport(GridTransport):
-    """The plain transport plus one secure sum per call (see the module docstring)."""
+    """The plain transport plus one secure sum per call (see the module docstring); every
+    round trip, plain or secure, is shown to the observers."""
+
+    def __init__(self, grid: Grid, expected_nodes: int = 0, connect_timeout: float = 60.0) -> None:
+        self.stage_grid = _StageGrid(grid)
+        super().__init__(self.stage_grid, expected_nodes, connect_timeout)
 
     def secure_sum(
         self, requests: Mapping[int, dict[str, Any]], timeout: float, number: int
@@ -267,7 +283,7 @@ class SecureGridTransport(GridTransport):
                 {},
                 message=f"a secure sum needs {MIN_SITES} to {MAX_SITES} sites; {n} take part",
             )
-        strategy = _Round({node: to_text(r) for node, r in requests.items()}, self.grid)
+        strategy = _Round({node: to_text(r) for node, r in requests.items()}, self.stage_grid.grid)
         base = Context(0, 0, {}, RecordDict(), {})
         context = LegacyContext(base, strategy=strategy)
         context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
@@ -283,7 +299,8 @@ class SecureGridTransport(GridTransport):
             modulus_range=MODULUS_RANGE,
             timeout=timeout,
         )
-        grid = _StageGrid(self.grid)
+        grid = self.stage_grid
+        grid.start()
         with _quiet():  # four INFO lines per round; the protocol's progress line says it all
             workflow(grid, context)
         result = _outcome(strategy, grid, requests)

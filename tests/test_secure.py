@@ -56,9 +56,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[StageEvent] = []
+        self.queries: list[StageEvent] = []  # plain round trips (round 1)
 
     def __call__(self, event: StageEvent) -> None:
-        self.events.append(event)
+        (self.queries if event.stage == "query" else self.events).append(event)
 
     def received(self) -> list[Message]:
         return [m for e in self.events for m in e.received]
@@ -125,7 +126,7 @@ def test_secure_demo_equals_the_plain_run_and_the_coordinator_sees_no_site_vecto
     assert max(worst.values()) <= 1e-9, worst
     assert secured.rounds == exact.rounds  # round 2 sums round 1 and evaluates the Cox start
     rounds = recorder.rounds()
-    assert len(rounds) == secured.rounds - 1
+    assert len(rounds) == secured.rounds - 1 and len(recorder.queries) == 1
     by_id = {b.name: b for b in bundles}
     for secure_round in rounds:
         assert [e.stage for e in secure_round] == [
