@@ -6,10 +6,11 @@ Every SecAgg+ stage message is a ``train`` message carrying the SecAgg+ configur
 ``train`` message to the fallback handler (the ``train`` kind's, when one is registered), so a
 ClientApp serves both. The guard is the site's own check of what the coordinator configures
 (the coordinator controls those numbers): at least :data:`~federation.secure.MIN_SITES` sites in
-the sum, every one holding a key share of every other's (no fewer), a majority reconstruction
-threshold (so a coordinator that tells some sites a site dropped out and others that it did not
-cannot rebuild both of its masks), and the exact-integer ranges of :mod:`analysis.fixedpoint`; in
-the later stages, at least three sites still in the sum. A site that refuses answers an error
+the sum, its keys shared among :data:`~federation.secure.SHARES` of them (all in smaller
+federations; no fewer), a majority reconstruction threshold (so a coordinator that tells some
+sites a site dropped out and others that it did not cannot rebuild both of its masks), and the
+exact-integer ranges of :mod:`analysis.fixedpoint`; in the later stages, at least three sites
+still in the sum. A site that refuses answers an error
 reply carrying its refusal, and drops out of the sum.
 """
 
@@ -36,7 +37,7 @@ from federation.flower_internals import (
     recorddict_to_fitins,
     secaggplus_mod,
 )
-from federation.secure import MIN_SITES, REPLY_KEY, REQUEST_KEY, refusal_reason, to_text
+from federation.secure import MIN_SITES, REPLY_KEY, REQUEST_KEY, SHARES, refusal_reason, to_text
 from sites.node import record_refusal, serve_secure
 
 Handler = Callable[[Message, Context], Message]
@@ -72,10 +73,10 @@ def guard(configs: Mapping[str, Any]) -> str:
         assert isinstance(sites, int) and isinstance(shares, int) and isinstance(threshold, int)
         if not MIN_SITES <= sites <= MAX_SITES:
             return f"the sum would cover {sites} sites; this site needs {MIN_SITES} to {MAX_SITES}"
-        if shares != sites:
-            return f"every site must hold a share of every other's keys; shares = {shares}"
-        if not sites // 2 < threshold <= sites:
-            return f"the reconstruction threshold {threshold} is not a majority of {sites}"
+        if not min(sites, SHARES) <= shares <= sites:
+            return f"{shares} sites would share its keys; this site needs {min(sites, SHARES)}"
+        if not shares // 2 < threshold <= shares:
+            return f"the reconstruction threshold {threshold} is not a majority of {shares}"
         for key, value in EXPECTED.items():
             if configs.get(key) != value:
                 return f"{key} = {configs.get(key)!r}; exact sums need {value!r}"

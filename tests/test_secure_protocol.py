@@ -205,7 +205,8 @@ SETUP = {"stage": "setup", "sample_num": 4, "share_num": 4, "threshold": 3, **EX
     ("configs", "why"),
     [
         ({**SETUP, "sample_num": 2, "share_num": 2, "threshold": 2}, "cover 2 sites"),
-        ({**SETUP, "share_num": 3}, "share of every other"),
+        ({**SETUP, "share_num": 3}, "3 sites would share its keys; this site needs 4"),
+        ({**SETUP, "sample_num": 40, "share_num": 9, "threshold": 5}, "needs 15"),
         ({**SETUP, "threshold": 2}, "not a majority"),
         ({**SETUP, "clipping_range": 8.0}, "clipping_range"),
         ({**SETUP, "mod_range": 2**16}, "mod_range"),
@@ -220,6 +221,7 @@ def test_the_guard_refuses_what_would_single_a_site_out(configs: dict, why: str)
 
 def test_the_guard_lets_a_proper_secure_sum_through() -> None:
     assert guard(SETUP) == ""
+    assert guard({**SETUP, "sample_num": 40, "share_num": 15, "threshold": 8}) == ""
     assert guard({"stage": "unmask", "active_nids": [1, 2, 3], "dead_nids": [4]}) == ""
 
 
