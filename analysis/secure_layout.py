@@ -48,6 +48,10 @@ FIRST_SECURE_ROUND = 2
 FloatArray = NDArray[np.float64]
 
 
+class StateMismatch(ValueError):
+    """The round's state does not cover a site's data (a level, a group, a time)."""
+
+
 @dataclass(frozen=True)
 class Grid:
     """The common time axis ``unit * (0, 1, ..., size - 1)``."""
@@ -78,7 +82,7 @@ class Grid:
         bad = (t < 0) | (idx >= self.size) | ~np.isfinite(t)
         if bad.any():
             first = float(t[np.argmax(bad)])
-            raise ValueError(
+            raise StateMismatch(
                 f"time {first!r} is outside the secure time grid 0..{self.end:g} (step "
                 f"{self.unit:g}; set [run] follow_up to cover the data)"
             )
@@ -145,7 +149,7 @@ class SecureState:
         if variable == COUNTRY:
             return self.countries
         if variable not in self.levels:
-            raise ValueError(f"secure state: no level set for {variable!r}")
+            raise StateMismatch(f"secure state: no level set for {variable!r}")
         return self.levels[variable]
 
     def keys(self, by: Sequence[str]) -> list[tuple[str, ...]]:
@@ -299,7 +303,7 @@ def _position(levels: Sequence[str], value: str, variable: str) -> int:
     try:
         return list(levels).index(value)
     except ValueError:
-        raise ValueError(
+        raise StateMismatch(
             f"the round's level set of {variable!r} omits this site's level {value!r}"
         ) from None
 
@@ -342,7 +346,7 @@ def site_tables(
     index = {key: i for i, key in enumerate(keys)}
     for key, table in tables.items():
         if key not in index:
-            raise ValueError(f"the round's level sets omit this site's group {key!r}")
+            raise StateMismatch(f"the round's level sets omit this site's group {key!r}")
         at = index[key] * size + state.grid.index(table.time)
         np.add.at(events, at, table.n_event)
         np.add.at(censored, at, table.n_censored)

@@ -67,8 +67,11 @@ class Work:
     def reply(self, bundle: SiteBundle) -> dict[str, Any]:
         """The payload that leaves the site (round 1 also the level sets of the plan's
         categorical variables: level names, not patient data)."""
+        info = prepared.site_info(bundle)
+        if self.plan.run.secure_aggregation:  # per-site event counts are sums' business too
+            info["params"] = {p: {"n": None, "events": None} for p in info["params"]}
         reply: dict[str, Any] = {
-            "site": prepared.site_info(bundle),
+            "site": info,
             "round": self.round,
             "answers": self.answers,
             "refused": self.refused,

@@ -35,6 +35,7 @@ from analysis.secure_layout import (
     FIRST_SECURE_ROUND,
     ModelShape,
     SecureState,
+    StateMismatch,
     grid_end,
     model_shape,
     round_layout,
@@ -181,12 +182,14 @@ def _contribute(out: SecureWork, bundle: SiteBundle, analysis: str, compute: Any
         return
 
     def checked() -> None:
-        values = compute()
         assert out.layout is not None
         try:
+            values = compute()
             out.layout.encode(values)
         except RangeError as exc:
             raise Refusal("secure_aggregation", f"site {bundle.site_id}: {exc}") from None
+        except StateMismatch as exc:  # the round's levels or grid do not cover this site
+            raise Refusal("state", f"site {bundle.site_id}: {exc}") from None
         out.values.setdefault(analysis, {}).update(values)
 
     _guarded(work, analysis, checked)

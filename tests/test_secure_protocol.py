@@ -14,10 +14,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from analysis.errors import UserError
 from analysis.plan import parse_plan
+from analysis.secure_layout import SecureState, round_layout
 from experiments.synth import generate_trial, write_trial
 from federation.exchange import RunFailed
 from federation.inprocess import InProcessTransport
@@ -114,6 +116,7 @@ def test_secure_demo_plan_equals_the_plain_exact_run(trial_dir: Path, tmp_path: 
     assert secured.secure["rounds"][0] == {"round": 2, "sites": [b.name for b in bundles]}
     assert secured.analyses["ve"]["by_site"] == exact.analyses["ve"]["by_site"]
     assert not secured.refusals and not secured.disclosure
+    assert all(set(s["events"].values()) == {None} for s in secured.sites)  # no per-site count
 
 
 def test_without_published_fits_the_newton_start_differs_not_the_estimate(
@@ -262,3 +265,24 @@ def test_a_dropout_leaves_the_others_summed_and_names_the_site(
     assert out.secure["rounds"][1]["sites"] == [b.name for i, b in enumerate(bundles) if i != 3]
     assert bundles[3].name not in out.analyses["cox"]["secure_aggregation"]["sites"]
     assert bundles[3].name in out.analyses["km"]["secure_aggregation"]["sites"]
+
+
+def test_a_state_that_does_not_cover_the_site_is_refused(trial_dir: Path, tmp_path: Path) -> None:
+    """A coordinator that leaves out a site's level or cuts the time axis short gets the
+    analysis refused (rule ``state``), never a vector that silently drops the site's rows."""
+    bundle = _copy(trial_dir / "sites", tmp_path / "b", STRICT)[0]
+    plan = parse_plan(
+        '[study]\nid = "S"\n[run]\nsecure_aggregation = true\n'
+        '[[analysis]]\nname = "t1"\nkind = "summary"\nby = "TRT01P"\n'
+        '[[analysis]]\nname = "km"\nkind = "km"\nparam = "COVID"\nby = "TRT01P"\n'
+    )
+    levels = {"TRT01P": ["Placebo"], "SEX": ["F", "M"]}
+    state = {"secure": {"levels": levels, "params": ["COVID"], "end": 20}, "models": {}}
+    state |= {"countries": ["JP"], "evaluate": []}
+    vector, payload = serve_secure(bundle, request(plan, 2, state))
+    assert vector is not None and payload["ok"]
+    refused = payload["reply"]["refused"]
+    assert refused["t1"]["rule"] == "state" and "'Vaccine'" in refused["t1"]["message"]
+    assert refused["km"]["rule"] == "state"
+    layout = round_layout(plan, 2, SecureState.from_dict(state["secure"], plan, ["JP"]), [])
+    assert np.array_equal(vector, layout.encode({}))  # zeros: nothing of the site's data
