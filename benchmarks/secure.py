@@ -100,8 +100,8 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         "site to coordinator, summed over the run. Goal: secure wall time at most 3x plain.",
         "",
         "| plan | n | sites | run | wall s | protocol s | rounds | seconds per round "
-        "| bytes up per site | bytes down per site |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bytes up per site | bytes down per site | load before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for row in rows:
@@ -114,7 +114,8 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
                 f"| {row['plan']} | {row['n']:,} | {row['sites']} | {mode} | {doc['wall_s']:.1f} "
                 f"| {doc.get('protocol_s', float('nan')):.2f} | {doc.get('rounds', 'failed')} "
                 f"| {[round(r, 2) for r in doc.get('round_s', [])]} "
-                f"| {'-' if up is None else f'{up:,}'} | {'-' if down is None else f'{down:,}'} |"
+                f"| {'-' if up is None else f'{up:,}'} | {'-' if down is None else f'{down:,}'} "
+                f"| {doc.get('load_before')} |"
             )
         if "wall_ratio" in row:
             notes.append(
