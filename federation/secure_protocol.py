@@ -52,6 +52,7 @@ from federation.models import CoxRun
 from federation.protocol import Outcome, request
 from federation.secure import MIN_SITES, SecureSum
 from sites.disclosure import suppress_table_one
+from sites.secure import grouping_variables
 
 POOLED = "pooled"
 """The site name of the coordinator's own disclosure notes and of the pooled answers."""
@@ -231,6 +232,8 @@ def _state(
     """The secure rounds' state: union level sets, endpoints and the grid's end."""
     by_site = any("SITE" in q.by and not stratum_sums(plan, q) for q in secure_queries(plan))
     levels: dict[str, set[str]] = {"SITE": set(sites)} if by_site else {}
+    for name in grouping_variables(plan):  # none reported (every site refuses it): no cells
+        levels.setdefault(name, set())
     params: set[str] = set()
     ends = [plan.run.follow_up]
     for site in sites:

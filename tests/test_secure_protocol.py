@@ -286,3 +286,19 @@ def test_a_state_that_does_not_cover_the_site_is_refused(trial_dir: Path, tmp_pa
     assert refused["km"]["rule"] == "state"
     layout = round_layout(plan, 2, SecureState.from_dict(state["secure"], plan, ["JP"]), [])
     assert np.array_equal(vector, layout.encode({}))  # zeros: nothing of the site's data
+
+
+def test_an_identifier_grouping_is_refused_by_name_and_the_run_goes_on(
+    trial_dir: Path, tmp_path: Path
+) -> None:
+    """Under secure aggregation USUBJID (text) is refused by its ADaM name: its level names would
+    leave in round 1. The other analyses are computed."""
+    text = '[study]\nid = "S"\n[run]\nsecure_aggregation = true\nmin_sites = 3\n' + (
+        '[[analysis]]\nname = "bad"\nkind = "km"\nparam = "COVID"\nby = "USUBJID"\n'
+        '[[analysis]]\nname = "km"\nkind = "km"\nparam = "COVID"\nby = "TRT01P"\n'
+    )
+    bundles = _copy(trial_dir / "sites", tmp_path / "b", STRICT)
+    out = run_secure(parse_plan(text), ClearSumTransport(bundles))
+    assert out.analyses["bad"]["refused"] is True
+    assert {r["rule"] for r in out.analyses["bad"]["refusals"]} == {"identifier"}
+    assert set(out.analyses["km"]["groups"]) == {"Placebo", "Vaccine"}
