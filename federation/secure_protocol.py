@@ -280,6 +280,8 @@ def _requests(
     runs: list[SecureCox],
 ) -> dict[int, dict[str, Any]]:
     models = {r.id: r.point() for r in runs}
+    first = link.rounds + 1 == FIRST_SECURE_ROUND
+    answering = {q.id: _answering(link, q.analysis) for q in secure_queries(plan)} if first else {}
     requests = {}
     for site in link.live_sites():
         body = {
@@ -287,9 +289,18 @@ def _requests(
             "secure": state.to_dict(),
             "models": models,
             "evaluate": [r.id for r in runs if site in r.sites],
+            # a round-1 sum is formed only over 3 sites or more (refusals of round 1 known)
+            "queries": [q for q, sites in answering.items() if site in sites],
         }
         requests[link.node_of(site)] = request(plan, link.rounds + 1, body)
     return requests
+
+
+def _answering(link: Exchange, analysis: str) -> list[str]:
+    """Live sites that did not refuse ``analysis``, if at least :data:`MIN_SITES` of them."""
+    refusing = link.refusing(analysis)
+    sites = [s for s in link.live_sites() if s not in refusing]
+    return sites if len(sites) >= MIN_SITES else []
 
 
 def _first_round(

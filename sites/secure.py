@@ -123,13 +123,16 @@ def answer_secure(bundle: SiteBundle, request: Mapping[str, Any], state_dir: Any
     try:
         secure = SecureState.from_dict(state.get("secure"), plan, countries)
         points, evaluate = _points(plan, countries, state)
+        asked = state.get("queries", [])
+        if not isinstance(asked, list):
+            raise ValueError("queries must list round-1 query ids")
         shapes = [model_shape(model, point["levels"], secure) for model, point in points]
         layout = round_layout(plan, number, secure, shapes)
     except (ValueError, TypeError, KeyError) as exc:
         raise Refusal("state", f"the secure round state is malformed: {exc}") from None
     out = SecureWork(Work(plan, number), layout)
     if number == FIRST_SECURE_ROUND:
-        for query in secure_queries(plan):
+        for query in (q for q in secure_queries(plan) if q.id in asked):
             out.work.asked.append({"query": query.id, "op": query.op, "by": list(query.by)})
             _contribute(
                 out,
