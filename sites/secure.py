@@ -40,12 +40,14 @@ from analysis.secure_layout import (
     model_shape,
     round_layout,
     secure_queries,
+    stratum_sums,
+)
+from analysis.secure_payloads import (
     site_derivatives,
     site_moments,
     site_stratum_sums,
     site_summary,
     site_tables,
-    stratum_sums,
 )
 from sites import disclosure, prepared
 from sites.answers import Refusal, Work, _guarded, _spec, check_beta, gate, read_plan
