@@ -142,24 +142,51 @@ def logrank_test(tables: Mapping[tuple[str, StratumKey], EventTable]) -> Logrank
     """
     if not tables:
         raise ValueError("log-rank test needs at least one event table")
+    groups = tuple(sorted({str(g) for g, _ in _checked_keys(tables)}))
+    observed, expected, variance = logrank_sums(tables, groups)
+    strata = tuple(sorted({s for _, s in tables}))
+    return result_from_sums(groups, observed, expected, variance, strata)
+
+
+def _checked_keys(
+    tables: Mapping[tuple[str, StratumKey], EventTable],
+) -> list[tuple[str, StratumKey]]:
     for level, stratum in tables:
         if not isinstance(level, str) or not isinstance(stratum, tuple):
             raise TypeError(
                 "keys must be (group_level: str, stratum_key: tuple of str); got "
                 f"{(level, stratum)!r}"
             )
-    groups = tuple(sorted({str(g) for g, _ in tables}))
-    strata = tuple(sorted({s for _, s in tables}))
+    return list(tables)
+
+
+def logrank_sums(
+    tables: Mapping[tuple[str, StratumKey], EventTable], groups: tuple[str, ...]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """``O``, ``E`` and ``V`` of ``groups`` (in that order) summed over the strata of ``tables``.
+
+    Additive over disjoint strata: a site holding whole strata (``SITE`` among them) sends its
+    own sums, and the sum over sites is the stratified test's (secure aggregation).
+    """
     k = len(groups)
-    observed = np.zeros(k)
-    expected = np.zeros(k)
-    variance = np.zeros((k, k))
-    for stratum in strata:
-        per_group: list[EventTable | None] = [tables.get((g, stratum)) for g in groups]
-        o, e, v = _stratum_terms(per_group)
+    observed, expected, variance = np.zeros(k), np.zeros(k), np.zeros((k, k))
+    for stratum in sorted({s for _, s in _checked_keys(tables)}):
+        o, e, v = _stratum_terms([tables.get((g, stratum)) for g in groups])
         observed += o
         expected += e
         variance += v
+    return observed, expected, variance
+
+
+def result_from_sums(
+    groups: tuple[str, ...],
+    observed: NDArray[np.float64],
+    expected: NDArray[np.float64],
+    variance: NDArray[np.float64],
+    strata: tuple[StratumKey, ...] = ((),),
+) -> LogrankResult:
+    """The test from summed ``O``, ``E`` and ``V`` (groups sorted, at least one)."""
+    k = len(groups)
     u = (observed - expected)[:-1]
     reduced = variance[:-1, :-1]
     df = int(np.linalg.matrix_rank(reduced)) if k > 1 else 0

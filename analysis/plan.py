@@ -22,7 +22,14 @@ import tomli_w
 
 from analysis.errors import UserError
 from analysis.kinds import REGISTRY
-from analysis.kinds.base import INVALID, NAME_PATTERN, AnalysisSpec, number_key, one_of
+from analysis.kinds.base import (
+    INVALID,
+    NAME_PATTERN,
+    AnalysisSpec,
+    bool_key,
+    number_key,
+    one_of,
+)
 from analysis.terminology import default_study_levels, parse_study_levels
 
 STUDY_KEYS = ("id", "title", "description", "sites", "language", "primary", "time_unit")
@@ -32,7 +39,14 @@ RUN_KEYS = {
     "round_timeout": number_key(0, 86_400.000001, "seconds a round waits for the sites"),
     "max_rounds": number_key(1, 1000, "protocol rounds at most", integer=True),
     "tolerance": number_key(0, 1, "Cox Newton steps stop below this max |delta beta|"),
+    # secure aggregation (docs/design.md, "Secure aggregation")
+    "secure_aggregation": bool_key("sum every aggregate under SecAgg+ (coordinator sees totals)"),
+    "time_unit": number_key(0, 1e6, "secure time grid step, in the data's time unit (default 1)"),
+    "follow_up": number_key(0, 1e7, "secure time grid end (default: from the sites' max time)"),
 }
+SECURE_RUN_KEYS = ("secure_aggregation", "time_unit", "follow_up")
+"""Left out of a plan's canonical form (and hash) while at their defaults, so plans written
+before these keys existed keep their hashes."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,9 @@ class RunSettings:
     round_timeout: float = 120.0
     max_rounds: int = 20
     tolerance: float = 1e-9
+    secure_aggregation: bool = False
+    time_unit: float = 1.0  # the secure grid's step
+    follow_up: float = 0.0  # the secure grid's end; 0 = the sites' max time rounded up
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,7 @@ class Plan:
                 study[key] = getattr(self, key)
         out: dict[str, Any] = {
             "study": study,
-            "run": asdict(self.run),
+            "run": _run_table(self.run),
             "analysis": [REGISTRY[a.kind].dump(a) for a in self.analyses],
         }
         if self.levels:
@@ -125,6 +142,15 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the validated plan."""
         return {**self.canonical(), "sha256": self.sha256}
+
+
+def _run_table(run: RunSettings) -> dict[str, Any]:
+    defaults = RunSettings()
+    return {
+        k: v
+        for k, v in asdict(run).items()
+        if k not in SECURE_RUN_KEYS or v != getattr(defaults, k)
+    }
 
 
 def parse_plan(text: str, source: str = "<plan>") -> Plan:

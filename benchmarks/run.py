@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        help="fixed cox sites site deployment profile training",
+        help="fixed cox sites site deployment profile training secure",
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per command")
     parser.add_argument(
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (work / "out").mkdir(parents=True, exist_ok=True)  # every bench writes its JSON there
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    sections = ["fixed", "cox", "sites", "site", "deployment", "profile", "training"]
+    sections = ["fixed", "cox", "sites", "site", "deployment", "profile", "training", "secure"]
     wanted = set(args.only or sections)
     if args.smoke:
         sizes, counts, site_n, prof_n = [2000], [2, 3], 5000, 0
@@ -343,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         docs["profile"] = bench_profile(work, prof_n, args.timeout)
     if "training" in wanted:
         docs["training"] = bench_training(work, out, args.timeout, args.smoke)
+    if "secure" in wanted:
+        from benchmarks.secure import bench_secure
+
+        _say("secure aggregation vs plain")
+        docs["secure"] = bench_secure(work, args.smoke, args.timeout, trialfed_run)
     if not args.summary_only:
         meta["seconds"] = round(time.perf_counter() - started, 1)
         for name, doc in docs.items():
@@ -350,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.summary import write_summary
 
     shown = dict(docs)
-    for name in ("fixed", "cox", "sites", "site_side", "deployment", "profile"):
+    for name in ("fixed", "cox", "sites", "site_side", "deployment", "profile", "secure"):
         earlier = out / f"{name}.json"
         if name not in shown and earlier.is_file():  # from an earlier (partial) run
             shown[name] = json.loads(earlier.read_text())[name]

@@ -168,6 +168,10 @@ def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path
             "```",
             "",
         ]
+    if "secure" in docs:
+        from benchmarks.secure import summary_lines
+
+        lines += summary_lines(docs["secure"])
     notes = out / "notes.md"
     if notes.is_file():  # hand-written findings, kept across runs
         lines += [notes.read_text(encoding="utf-8").strip(), ""]

@@ -98,6 +98,7 @@ def build_results(
             "refusals": getattr(outcome, "refusals", []),
             "disclosure": getattr(outcome, "disclosure", []),
             "analyses": outcome.analyses,
+            **({"secure_aggregation": outcome.secure} if getattr(outcome, "secure", None) else {}),
         }
     )
 

@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from analysis.errors import UserError
 from federation.codec import decode, encode
+from federation.secure_client import handle_train
 from sites.node import serve
 from sites.prepared import prefetch
 
@@ -36,12 +37,18 @@ def _bundle_from_node_config(context: Context) -> Path:
 def make_client_app(bundles: Sequence[Path | str] | None = None) -> ClientApp:
     """A ClientApp serving ``bundles[partition-id]`` (simulation) or ``node_config['bundle']``.
 
-    ``query.analysis``: the survival protocol. ``query.train_stats``, ``train``, ``evaluate``:
-    federated training (:mod:`federation.training_client`), imported on first use, so a plan
-    without a ``train`` analysis never loads torch.
+    ``query.analysis``: the survival protocol. ``train``: SecAgg+ stage messages of a secure
+    sum (:func:`federation.secure_client.handle_train`), any other ``train`` message, and
+    ``query.train_stats`` and ``evaluate``: federated model training
+    (:mod:`federation.training_client`), imported on first use, so a plan without a ``train``
+    analysis never loads torch.
     """
     app = ClientApp()
     paths = [str(Path(b).resolve()) for b in bundles] if bundles else None
+
+    def site(context: Context) -> tuple[Path, Path | None]:
+        audit_log = context.node_config.get("audit-log")
+        return bundle_for(context), Path(str(audit_log)) if audit_log else None
 
     def bundle_for(context: Context) -> Path:
         if paths is not None:
@@ -50,16 +57,18 @@ def make_client_app(bundles: Sequence[Path | str] | None = None) -> ClientApp:
 
     @app.query("analysis")
     def query(message: Message, context: Context) -> Message:
-        audit_log = context.node_config.get("audit-log")
-        return handle(message, bundle_for(context), Path(str(audit_log)) if audit_log else None)
+        return handle(message, *site(context))
 
     def training(message: Message, context: Context) -> Message:
         from federation.training_client import training_handlers
 
         return training_handlers(bundle_for)[message.metadata.message_type](message, context)
 
+    @app.train()
+    def secure_or_train(message: Message, context: Context) -> Message:
+        return handle_train(message, context, *site(context), fallback=training)
+
     app.query("train_stats")(training)
-    app.train()(training)
     app.evaluate()(training)
     return app
 

@@ -57,6 +57,50 @@ Names, what trialfed uses them for, and what breaks when they change:
     in-process training tests and the bytes-per-site figures.
 ``now`` (``flwr.supercore.date``)
     The timestamp Flower writes to ``delivered_at``; :mod:`federation.linkstate` writes the same.
+
+Secure aggregation (:mod:`federation.secure`, :mod:`federation.secure_client`): SecAgg+ exists
+only in Flower's legacy API (``flwr.server``, ``flwr.client``, ``flwr.common``), outside the
+Message API above, so every name it needs is here:
+
+``SecAggPlusWorkflow`` (``flwr.server.workflow``), ``LegacyContext``, ``ClientManager``
+(``flwr.server``), ``Strategy`` (``flwr.server.strategy``), ``ClientProxy``
+(``flwr.server.client_proxy``)
+    The coordinator's four SecAgg+ stages. The workflow needs a ``LegacyContext`` whose strategy
+    names the sites (``configure_fit``) and receives the unmasked result (``aggregate_fit``).
+    Breaks: a secure round cannot start (TypeError), or its result never reaches the protocol.
+``secaggplus_mod`` (``flwr.client.mod``)
+    The site's side of the four stages: keys, shares, masking of the FitRes parameters. Breaks:
+    the site answers no stage.
+``FitIns``, ``FitRes``, ``EvaluateIns``, ``EvaluateRes``, ``Parameters``, ``Scalar``, ``Status``,
+``Code``, ``ndarrays_to_parameters``, ``parameters_to_ndarrays``, ``bytes_to_ndarray``
+(``flwr.common``)
+    The legacy records the workflow and the mod exchange (the request travels in the FitIns
+    config, the vector as FitRes parameters); ``bytes_to_ndarray`` reads the masked vectors a
+    recording coordinator keeps (tests).
+``quantize``, ``dequantize`` (``flwr.common.secure_aggregation.quantization``)
+    SecAgg+'s quantisation, which :mod:`analysis.fixedpoint` relies on to carry integers exactly
+    (tests check it with these functions). Breaks: sums stop being exact integers; the
+    coordinator's decoding then refuses the sum (never a silent error).
+
+``recorddict_to_fitins``, ``fitres_to_recorddict`` (``flwr.compat.common.recorddict_compat``)
+    The legacy FitIns/FitRes layout of a RecordDict that ``secaggplus_mod`` reads and writes: the
+    site reads its request from the FitIns config and returns its vector as FitRes parameters.
+    Breaks: the site cannot read the secure request, or the mod finds no parameters to mask.
+``GridClientProxy`` (``flwr.server.compat.grid_client_proxy``)
+    The ClientProxy a Strategy's ``configure_fit`` returns; the workflow reads its ``node_id``.
+    Breaks: ``configure_fit`` cannot name the sites.
+``MAIN_CONFIGS_RECORD``, ``MAIN_PARAMS_RECORD``, ``WorkflowKey`` (``flwr.server.workflow.
+constant``)
+    Where the workflow reads the round number and the current parameters in the context's state.
+    Breaks: a KeyError when a secure round starts.
+``RECORD_KEY_CONFIGS``, ``SecAggKey``, ``Stage`` (``flwr.common.secure_aggregation.
+secaggplus_constants``)
+    The record and keys of the SecAgg+ stage messages: the site's guard reads the stage and the
+    setup configuration (participants, shares, threshold, ranges) before ``secaggplus_mod`` does,
+    and the coordinator's stage records name the stage a site dropped out in. Breaks: every
+    secure message is refused by the guard (it finds no stage).
+``ErrorCode`` (``flwr.common.constant``)
+    The code of the error reply a site sends when it refuses to take part in a secure sum.
 """
 
 from __future__ import annotations
@@ -66,16 +110,41 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import Context, RecordDict, UserConfig
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
-from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID
+from flwr.common import (
+    Code,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    Status,
+    bytes_to_ndarray,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.common.serde import message_from_proto, message_to_proto, recorddict_to_proto
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+from flwr.server import ClientManager, LegacyContext
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.run_serverapp import run as run_serverapp
+from flwr.server.strategy import Strategy
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 from flwr.server.superlink.fleet.vce.metrics import VceMetrics
 from flwr.server.superlink.linkstate import LinkState, LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import ServerApp
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
 from flwr.supercore.date import now
@@ -87,32 +156,61 @@ from flwr.superlink.grid import InMemoryGrid
 
 __all__ = [
     "FLWR_IN_MEMORY_DB_NAME",
+    "MAIN_CONFIGS_RECORD",
+    "MAIN_PARAMS_RECORD",
     "NOOP_FEDERATION_ID",
     "PARTITION_ID_KEY",
+    "RECORD_KEY_CONFIGS",
     "SUPERLINK_NODE_ID",
     "Backend",
     "BackendConfig",
     "ClientAppException",
+    "ClientManager",
+    "ClientProxy",
+    "Code",
+    "ErrorCode",
+    "EvaluateIns",
+    "EvaluateRes",
+    "FitIns",
+    "FitRes",
+    "GridClientProxy",
     "InMemoryGrid",
     "InMemoryLinkState",
     "LinkState",
+    "LegacyContext",
     "LinkStateFactory",
     "NoOpFederationManager",
     "ObjectStoreFactory",
+    "Parameters",
     "Run",
+    "Scalar",
+    "SecAggKey",
+    "SecAggPlusWorkflow",
+    "Stage",
+    "Status",
+    "Strategy",
     "TaskIdentity",
     "TaskType",
     "VceMetrics",
+    "WorkflowKey",
+    "bytes_to_ndarray",
     "create_run",
+    "dequantize",
+    "fitres_to_recorddict",
     "in_memory_grid",
     "in_memory_state_factory",
     "message_from_proto",
     "message_to_proto",
     "recorddict_to_proto",
+    "ndarrays_to_parameters",
     "now",
+    "parameters_to_ndarrays",
+    "quantize",
+    "recorddict_to_fitins",
     "register_virtual_nodes",
     "run_runtime",
     "run_serverapp",
+    "secaggplus_mod",
     "serve",
     "vce_api",
 ]

@@ -60,6 +60,7 @@ class Outcome:
     round_seconds: list[float] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     disclosure: list[dict[str, Any]] = field(default_factory=list)
+    secure: dict[str, Any] = field(default_factory=dict)  # secure aggregation's grid, rounds
 
 
 Progress = Callable[[str], None]
@@ -94,6 +95,12 @@ def run_plan(
         The roster of a deployment: the site ids expected when the plan names none. A site
         that is not expected is never pooled; one that does not answer is missing.
     """
+    if plan.run.secure_aggregation:  # federation.secure_protocol.run_secure runs those
+        raise UserError(
+            f"plan {plan.study_id} asks for secure aggregation ([run] secure_aggregation = "
+            "true), which needs Flower's SecAgg+: run it on the simulation engine or a "
+            "deployment, not over a transport that sums in the clear"
+        )
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     nodes = sorted(transport.nodes())

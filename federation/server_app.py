@@ -18,7 +18,8 @@ from analysis.kinds import REGISTRY
 from analysis.plan import Plan, parse_plan
 from federation.protocol import run_plan
 from federation.runlog import emit_failure, emit_outcome, emit_progress
-from federation.transport import GridTransport
+from federation.secure import SecureGridTransport
+from federation.secure_protocol import run_secure
 
 log = logging.getLogger("trialfed")
 
@@ -54,10 +55,11 @@ def make_server_app(
         try:
             current = plan or parse_plan(str(context.run_config["plan-toml"]), "run config")
             expected = expected_nodes or int(context.run_config.get("expected-sites", 0))
-            transport = GridTransport(grid, expected_nodes=expected)
+            transport = SecureGridTransport(grid, expected_nodes=expected)
             roster = str(context.run_config.get("expected-site-ids", ""))
             sites = [s.strip() for s in roster.split(",") if s.strip()]
-            outcome: Any = run_plan(current, transport, progress=progress, expected_sites=sites)
+            runner = run_secure if current.run.secure_aggregation else run_plan
+            outcome: Any = runner(current, transport, progress=progress, expected_sites=sites)
             train(current, grid, outcome, progress)
         except Exception as exc:  # handed to the launcher, which reports it
             if sink is None:

@@ -58,6 +58,7 @@ class Work:
     refused: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[dict[str, str]] = field(default_factory=list)
     asked: list[dict[str, Any]] = field(default_factory=list)
+    secure: dict[str, Any] | None = None  # round 1 of a secure plan (sites.secure.round_one_info)
 
     def refuse(self, analysis: str, rule: str, message: str) -> None:
         """Refuse one analysis (the first reason is kept)."""
@@ -66,17 +67,23 @@ class Work:
     def reply(self, bundle: SiteBundle) -> dict[str, Any]:
         """The payload that leaves the site (round 1 also the level sets of the plan's
         categorical variables: level names, not patient data)."""
+        info = prepared.site_info(bundle)
+        if self.plan.run.secure_aggregation:  # per-site event counts are sums' business too
+            info["params"] = {p: {"n": None, "events": None} for p in info["params"]}
         reply: dict[str, Any] = {
-            "site": prepared.site_info(bundle),
+            "site": info,
             "round": self.round,
             "answers": self.answers,
             "refused": self.refused,
             "disclosure": self.notes,
         }
         if self.round == 1:
-            names = disclosure.shareable_variables(bundle, categorical_variables(self.plan))
+            secure = self.plan.run.secure_aggregation
+            names = disclosure.shareable_variables(bundle, categorical_variables(self.plan), secure)
             found = site_level_sets(bundle, names)
             reply["levels"] = {name: sorted(values) for name, values in found.items()}
+        if self.secure is not None:
+            reply["secure"] = self.secure
         return reply
 
 
@@ -112,6 +119,12 @@ def read_plan(
             f"site {bundle.site_id} has not approved plan {plan.sha256} (study "
             f"{plan.study_id}); a site approves it with `trialfed site approve BUNDLE PLAN`",
         )
+    if bundle.rules.require_secure_aggregation and not plan.run.secure_aggregation:
+        raise Refusal(
+            "require_secure_aggregation",
+            f"site {bundle.site_id} answers only plans summed under secure aggregation; plan "
+            f"{plan.study_id} has [run] secure_aggregation = false (set it to true)",
+        )
     if plan.sites and bundle.site_id not in plan.sites:
         raise Refusal(
             "sites",
@@ -137,7 +150,9 @@ def gate(bundle: SiteBundle, plan: Plan, analysis: str, work: Work) -> bool:
         )
         return False
     kind = REGISTRY[spec.kind]
-    problem = disclosure.variables_problem(bundle, spec, kind.grouping(spec), kind.covariates(spec))
+    problem = disclosure.variables_problem(
+        bundle, spec, kind.grouping(spec), kind.covariates(spec), plan.run.secure_aggregation
+    )
     if problem:
         work.refuse(analysis, problem[0], f"site {bundle.site_id}: {problem[1]}")
         return False
@@ -153,6 +168,12 @@ def answer(
     """
     plan, number, state = read_plan(bundle, request, previewing)
     work = Work(plan, number)
+    if plan.run.secure_aggregation and number > 1:
+        raise Refusal(
+            "secure_aggregation",
+            f"round {number} of plan {plan.study_id} is summed under secure aggregation: this "
+            "site answers it only inside SecAgg+, never in the clear",
+        )
     if number == 1:
         for query in round_one_queries(plan):
             work.asked.append(
@@ -227,13 +248,15 @@ def _is_vector(value: Any) -> bool:
 def _round_one(bundle: SiteBundle, plan: Plan, query: Query, work: Work) -> None:
     k = bundle.rules.min_cell_count
     payload: Any
+    if plan.run.secure_aggregation and query.op != "cox_local":
+        return  # summed in the first secure round (sites.secure)
     if query.op == "summary":
         payload, notes = disclosure.table_one(bundle, query.by[0], k)
     elif query.op == "event_table":
         payload, notes = disclosure.event_tables(bundle, query.param, query.by, k)
     elif query.op == "cox_local":
         model = next(m for m in _plan_models(plan) if m.id == query.model)
-        payload, notes = _cox_local(bundle, model)
+        payload, notes = _cox_local(bundle, model, plan.run.secure_aggregation)
     else:  # the query list comes from this site's own code
         raise AssertionError(f"unknown op {query.op!r}")
     work.answers[query.id] = payload
@@ -265,20 +288,22 @@ def _own_levels(model: CoxModelDef, found: Mapping[str, tuple[str, ...]]) -> dic
 
 
 def _cox_local(
-    bundle: SiteBundle, model: CoxModelDef
+    bundle: SiteBundle, model: CoxModelDef, secure: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Round 1 of a model: its levels here, size and column means, and the site's own fit where
+    published. Under secure aggregation only the level names (and a published fit) leave: sizes
+    and means are summed in the secure rounds, and small-cell rules apply to the pooled totals."""
     data = prepared.model_data(bundle, model)
     found = cox.local_levels(data, model.level_variables)
-    disclosure.check_model_rows(bundle, model, data, found)
+    if not secure:
+        disclosure.check_model_rows(bundle, model, data, found)
     spec = _spec(model, _own_levels(model, found))
     design = prepared.design(bundle, model, spec, None)
-    payload: dict[str, Any] = {
-        "levels": {k: list(v) for k, v in found.items()},
-        "n": design.n,
-        "events": design.events,
-        "terms": list(design.terms),
-        "x_mean": design.x_mean,
-    }
+    payload: dict[str, Any] = {"levels": {k: list(v) for k, v in found.items()}}
+    if not secure:
+        payload.update(
+            n=design.n, events=design.events, terms=list(design.terms), x_mean=design.x_mean
+        )
     notes = []
     if bundle.rules.publish_site_estimates:
         payload["fit"] = asdict(cox.local_fit(design, spec))
@@ -290,6 +315,22 @@ def _cox_local(
             }
         )
     return payload, notes
+
+
+def check_beta(
+    plan: Plan,
+    model: CoxModelDef,
+    design: cox.CoxDesign,
+    spec: cox.CoxSpec,
+    beta: np.ndarray,
+    log: EvaluationLog,
+) -> None:
+    """Raise :class:`BetaRefused` unless the plan's own iteration can reach ``beta``
+    (:mod:`sites.evaluations`); a new point is recorded in ``log``."""
+    anchors = [np.zeros_like(beta), prepared.own_fit(design, spec).beta]
+    scale = np.sqrt(np.einsum("ij,ij->j", design.x, design.x) / max(design.n, 1))
+    if check_point(beta, design.terms, scale, anchors, log.points(model.id), plan.run.max_rounds):
+        log.add(model.id, beta)
 
 
 def _evaluate(
@@ -317,12 +358,7 @@ def _evaluate(
             f"model {model.id} has {len(design.terms)} terms; got {beta.size} coefficients"
         )
     if k > 0:
-        anchors = [np.zeros_like(beta), prepared.own_fit(design, spec).beta]
-        scale = np.sqrt(np.einsum("ij,ij->j", design.x, design.x) / max(design.n, 1))
-        if check_point(
-            beta, design.terms, scale, anchors, log.points(model.id), plan.run.max_rounds
-        ):
-            log.add(model.id, beta)
+        check_beta(plan, model, design, spec, beta, log)
     if model.mode == "stratified":
         work.answers[model.id] = asdict(cox.stratified_derivatives(design, spec, beta))
         return

@@ -58,8 +58,10 @@ def variables_problem(
     spec: AnalysisSpec,
     grouping: Sequence[str],
     covariates: Sequence[str],
+    secure: bool = False,
 ) -> tuple[str, str] | None:
-    """``(rule, message)`` when the analysis names something this site cannot or may not use."""
+    """``(rule, message)`` when the analysis names something this site cannot or may not use
+    (``secure``: under secure aggregation, see :func:`variable_problem`)."""
     param = getattr(spec, "param", "")
     if param and param not in bundle.params():
         return "plan", f"endpoint PARAMCD {param!r} is not in adtte; available: {bundle.params()}"
@@ -68,24 +70,27 @@ def variables_problem(
         if name not in subjects:
             available = ", ".join(sorted(subjects))
             return "plan", f"variable {name!r} is not in adsl; available: {available}"
-        problem = variable_problem(bundle, name, name in grouping)
+        problem = variable_problem(bundle, name, name in grouping, secure)
         if problem:
             return "identifier", problem
     return None
 
 
-def variable_problem(bundle: SiteBundle, name: str, grouping: bool) -> str:
+def variable_problem(bundle: SiteBundle, name: str, grouping: bool, secure: bool = False) -> str:
     """Why this site may not use variable ``name`` ("" when it may; always "" with k = 0).
 
     ``grouping``: the variable splits rows into groups or strata (else it is a covariate, which
-    enters a model as a number when numeric).
+    enters a model as a number when numeric). ``secure``: under secure aggregation the small-cell
+    rules move to the pooled totals, so a variable is refused only as an identifier: by its ADaM
+    name (text identifiers such as USUBJID too, whose level names would otherwise leave in
+    round 1), or with more than k levels at the site most of whose subjects are alone in theirs.
     """
     k = bundle.rules.min_cell_count
     if k == 0 or name in SITE_VARIABLES:
         return ""
     values = bundle.subjects()[name]
     numeric = is_numeric(values)
-    if numeric and IDENTIFIER_NAME.search(name):
+    if (numeric or secure) and IDENTIFIER_NAME.search(name):
         return (
             f"variable {name!r} is an identifier or a date (ADaM name ending in ID, DT, DTM or "
             "TM) and may not group, stratify or enter a model"
@@ -93,7 +98,10 @@ def variable_problem(bundle: SiteBundle, name: str, grouping: bool) -> str:
     if numeric and not grouping:
         return ""  # a numeric covariate enters a model as a number, never as groups
     labels, codes = factorize_labels(np.asarray(values))
-    reason = too_fine(np.bincount(codes, minlength=len(labels)), k)
+    counts = np.bincount(codes, minlength=len(labels))
+    # secure: only "mostly alone in their level", judged where the site has more than k levels
+    judged = not secure or len(labels) > k
+    reason = too_fine(counts, 1 if secure else k) if judged else ""
     if reason:
         return (
             f"variable {name!r} is too fine at this site to group, stratify or enter a model as "
@@ -102,10 +110,12 @@ def variable_problem(bundle: SiteBundle, name: str, grouping: bool) -> str:
     return ""
 
 
-def shareable_variables(bundle: SiteBundle, names: Sequence[str]) -> list[str]:
+def shareable_variables(
+    bundle: SiteBundle, names: Sequence[str], secure: bool = False
+) -> list[str]:
     """The variables whose level names this site may report (present and not too fine)."""
     subjects = bundle.subjects()
-    return [n for n in names if n in subjects and not variable_problem(bundle, n, True)]
+    return [n for n in names if n in subjects and not variable_problem(bundle, n, True, secure)]
 
 
 def _labels(values: Any) -> Any:
@@ -121,6 +131,12 @@ def table_one(bundle: SiteBundle, by: str, k: int) -> tuple[dict[str, Any], list
         endpoints[param] = (_labels(data.column(by)), data.event)
     age = np.asarray(subjects["AGE"], dtype=np.float64)
     aggregate = summary_aggregate(_labels(subjects[by]), age, _labels(subjects["SEX"]), endpoints)
+    return suppress_table_one(aggregate, k)
+
+
+def suppress_table_one(aggregate: dict[str, Any], k: int) -> tuple[dict[str, Any], list[Note]]:
+    """A Table 1 aggregate with groups below k left out and small cells suppressed (in place);
+    the site's rule, and the coordinator's on pooled totals under secure aggregation."""
     if k <= 1:
         return aggregate, []
     notes: list[Note] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -115,8 +115,18 @@ def model_data(bundle: SiteBundle, model: CoxModelDef) -> SurvivalData:
     return data
 
 
+class TimeMap(Protocol):
+    """Moves each row's time (:class:`ReleasedTimes`; the secure grid, :mod:`sites.secure`)."""
+
+    key: Any
+
+    def times(self, data: SurvivalData) -> NDArray[np.float64]:
+        """The rows' moved times (same order as ``data``)."""
+        ...
+
+
 def design(
-    bundle: SiteBundle, model: CoxModelDef, spec: cox.CoxSpec, released: ReleasedTimes | None
+    bundle: SiteBundle, model: CoxModelDef, spec: cox.CoxSpec, released: TimeMap | None
 ) -> cox.CoxDesign:
     """The model's rows prepared once (design built, sorted) and reused in every round.
 

@@ -63,6 +63,30 @@ def test_every_exposed_name_imports() -> None:
         (flower.InMemoryLinkState.store_message_ins, ["self", "message"]),
         (flower.InMemoryLinkState._check_stored_messages, ["self", "message_ids", "run_id"]),
         (flower.Run.create_empty, ["run_id"]),
+        (
+            flower.SecAggPlusWorkflow.__init__,
+            [
+                "self",
+                "num_shares",
+                "reconstruction_threshold",
+                "max_weight",
+                "clipping_range",
+                "quantization_range",
+                "modulus_range",
+                "timeout",
+            ],
+        ),
+        (flower.SecAggPlusWorkflow.__call__, ["self", "grid", "context"]),
+        (
+            flower.LegacyContext.__init__,
+            ["self", "context", "config", "strategy", "client_manager"],
+        ),
+        (flower.GridClientProxy.__init__, ["self", "node_id", "grid", "run_id"]),
+        (flower.secaggplus_mod, ["msg", "ctxt", "call_next"]),
+        (flower.recorddict_to_fitins, ["recorddict", "keep_input"]),
+        (flower.fitres_to_recorddict, ["fitres", "keep_input"]),
+        (flower.quantize, ["parameters", "clipping_range", "target_range"]),
+        (flower.dequantize, ["quantized_parameters", "clipping_range", "target_range"]),
     ],
     ids=lambda value: getattr(value, "__qualname__", None) if callable(value) else "",
 )
@@ -84,6 +108,25 @@ def test_create_run_keywords() -> None:
     }
     assert used <= set(_parameters(flower.LinkState.create_run))
     assert "run_ids" in _parameters(flower.LinkState.get_run_info)
+
+
+def test_the_secure_aggregation_records_are_named_as_the_site_expects() -> None:
+    """The stage names and config keys the site's guard reads before ``secaggplus_mod``."""
+    assert flower.Stage.all() == ("setup", "share_keys", "collect_masked_vectors", "unmask")
+    keys = ("STAGE", "SAMPLE_NUMBER", "SHARE_NUMBER", "THRESHOLD", "CLIPPING_RANGE")
+    keys += ("TARGET_RANGE", "MOD_RANGE", "MAX_WEIGHT", "SOURCE_LIST", "ACTIVE_NODE_ID_LIST")
+    assert all(isinstance(getattr(flower.SecAggKey, k), str) for k in keys)
+    assert flower.RECORD_KEY_CONFIGS == "secaggplus_configs"
+    assert flower.WorkflowKey.CURRENT_ROUND and flower.MAIN_CONFIGS_RECORD
+    abstract = set(flower.Strategy.__abstractmethods__)
+    assert abstract == {
+        "initialize_parameters",
+        "configure_fit",
+        "aggregate_fit",
+        "configure_evaluate",
+        "aggregate_evaluate",
+        "evaluate",
+    }
 
 
 def test_backend_interface_is_what_process_backend_implements() -> None:

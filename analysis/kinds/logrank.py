@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from analysis import logrank
 from analysis.kinds.base import (
     ALPHA,
@@ -63,14 +65,18 @@ class LogrankKind(Kind):
         return [Query(spec.name, spec.name, "event_table", spec.param, self.grouping(spec))]
 
     def estimate(self, spec: LogrankAnalysis, context: EstimateContext) -> dict[str, Any]:
-        tables = context.tables(spec.name)
-        keyed = {(key[0], tuple(key[1:])): table for key, table in tables.items()}
         out: dict[str, Any] = {
             "kind": self.name,
             "param": spec.param,
             "by": spec.by,
             "strata": list(spec.strata),
         }
+        payloads = context.payloads(spec.name)
+        sums = [p for p in payloads if isinstance(p, Mapping) and "variance" in p]
+        if sums:  # secure aggregation, SITE among the strata: the sites' summed stratum terms
+            return {**out, **_from_sums(sums).to_dict()}
+        tables = context.tables(spec.name)
+        keyed = {(key[0], tuple(key[1:])): table for key, table in tables.items()}
         if not keyed:
             return {**out, "statistic": None, "df": 0, "p": None, "groups": {}}
         return {**out, **logrank.logrank_test(keyed).to_dict()}
@@ -112,3 +118,15 @@ class LogrankKind(Kind):
             params={"kind": self.name, "param": param, "by": by},
             effects=(Effect(loc.t("logrank.effect"), "p", None, p=result.get("p"), format="p"),),
         )
+
+
+def _from_sums(sums: list[Mapping[str, Any]]) -> logrank.LogrankResult:
+    """The test from ``{"groups", "observed", "expected", "variance"}`` payloads (same groups)."""
+    groups = tuple(str(g) for g in sums[0]["groups"])
+    k = len(groups)
+    o, e, v = np.zeros(k), np.zeros(k), np.zeros((k, k))
+    for part in sums:
+        o += np.asarray(part["observed"], dtype=np.float64).reshape(k)
+        e += np.asarray(part["expected"], dtype=np.float64).reshape(k)
+        v += np.asarray(part["variance"], dtype=np.float64).reshape(k, k)
+    return logrank.result_from_sums(groups, o, e, v)
