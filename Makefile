@@ -29,9 +29,11 @@ $(VENV)/.installed: pyproject.toml
 DEMO_LANG ?= en,ja,ko
 
 demo: setup
-	$(BIN)/trialfed site approve $(DEMO_DIR)/vaccine/sites/JP01 experiments/plans/demo_vaccine.toml --dry-run
 	@for design in vaccine drug; do \
 	  $(BIN)/trialfed synth --out $(DEMO_DIR)/$$design --design $$design --seed 20261128 || exit 1; \
+	  echo "What the $$design plan would take from one site (trialfed site approve --dry-run):"; \
+	  $(BIN)/trialfed site approve $(DEMO_DIR)/$$design/sites/JP01 \
+	    experiments/plans/demo_$$design.toml --dry-run || exit 1; \
 	  for d in $(DEMO_DIR)/$$design/sites/*/; do \
 	    $(BIN)/trialfed site check $$d --quiet || exit 1; \
 	    $(BIN)/trialfed site approve $$d experiments/plans/demo_$$design.toml --quiet || exit 1; \
