@@ -20,6 +20,7 @@ reports into one line each:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import sys
@@ -157,7 +158,11 @@ class SiteService:
 
     @property
     def node_id_file(self) -> Path:
-        return self.home / "node-id"
+        """The node id this site's key last had (one file per key: another key never uses it)."""
+        from federation.deployment.pki import public_line
+
+        digest = hashlib.sha256(public_line(self.key).encode("ascii")).hexdigest()
+        return self.home / f"node-id-{digest[:16]}"
 
     def start_node(self) -> None:
         self.output.reset()
@@ -177,7 +182,8 @@ class SiteService:
 
     def run(self) -> int:
         """Serve until a stop signal, a revocation, or a failure; returns the exit status."""
-        SiteLock(self.home).acquire()
+        self.lock = SiteLock(self.home)  # held (kept referenced) for the whole run
+        self.lock.acquire()
         self.deadline = time.monotonic() + self.retry_s
         runner_env = {**self.env, "PYTHONUNBUFFERED": "1"}
         self.supervisor.start(
