@@ -50,6 +50,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return main_ui(args)
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from experiments.deploy_results import main_results
+
+    return main_results(args)
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from experiments.deploy import main_deploy
 
@@ -149,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--out", type=Path, required=True, help="output folder")
     results.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     _coordinator_options(results)
-    results.set_defaults(handler=_cmd_deploy)
+    results.set_defaults(handler=_cmd_results)
 
     run = sub.add_parser("run", help="run an analysis plan over the federation")
     run.add_argument("plan", type=Path, help="analysis plan (TOML)")

@@ -1,7 +1,8 @@
 """Real deployment: one coordinator (Flower SuperLink behind nginx) and hospital sites.
 
 ``trialfed coordinator certs|start|enroll|sites|revoke``, ``trialfed site keygen|start``,
-``trialfed status``, ``trialfed results`` and ``trialfed run --coordinator HOST:PORT`` end here.
+``trialfed status`` and ``trialfed run --coordinator HOST:PORT`` end here (``trialfed results``:
+:mod:`experiments.deploy_results`).
 The engine lives in :mod:`federation.deployment`; see docs/deployment.md.
 
 Commands that talk to a coordinator find it by its state folder (``--state DIR``, default
@@ -13,7 +14,6 @@ Control API and CA, and ``roster.json`` its sites), or, from another machine, by
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +42,7 @@ from federation.deployment.state import (
 )
 from federation.protocol import Outcome, Progress, RunFailed
 
-__all__ = ["main_deploy", "run_deployed", "deployment_run_tag"]
+__all__ = ["find_target", "main_deploy", "run_deployed"]
 
 
 def _say(message: str) -> None:
@@ -186,22 +186,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def deployment_run_tag(ca: Path, run_id: int) -> str:
-    """The MLflow tag value naming a deployed run: the federation's CA fingerprint + run id."""
-    digest = hashlib.sha256(ca.read_bytes()).hexdigest()[:16]
-    return f"{digest}/{run_id}"
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    """``trialfed results RUN_ID --out DIR``: results.json (and MLflow run) of an earlier run."""
-    from experiments.deploy_views import rebuild_results
-
-    target = _target(args)
-    return rebuild_results(
-        target.client(), target.ca, args.run_id, args.out, tracking=not args.no_tracking, say=_say
-    )
-
-
 def cmd_site_keygen(args: argparse.Namespace) -> int:
     """``trialfed site keygen --out DIR``."""
     private, public = create_site_keys(args.out)
@@ -271,8 +255,6 @@ def main_deploy(args: argparse.Namespace) -> int:
         return handlers[args.site_command](args)
     if args.command == "status":
         return cmd_status(args)
-    if args.command == "results":
-        return cmd_results(args)
     handlers = {
         "certs": cmd_certs,
         "start": cmd_coordinator_start,
