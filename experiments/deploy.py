@@ -32,7 +32,7 @@ from federation.deployment.pki import (
     create_site_keys,
     server_names,
 )
-from federation.deployment.processes import flower_env, free_port, trialfed_home
+from federation.deployment.processes import flower_env, free_port
 from federation.deployment.roster import Roster, key_fingerprint
 from federation.deployment.state import (
     CoordinatorInfo,
@@ -76,6 +76,8 @@ def find_target(coordinator: str | None, ca: Path | None, state: Path | None) ->
     if coordinator:
         local = find_state_for(coordinator) if state is None else state_dir(state)
         info = CoordinatorInfo.read(local) if local is not None else None
+        if info is not None and info.control != coordinator:
+            info = None  # that state belongs to another coordinator: no roster from it
         if ca is None and info is None:
             raise UserError("--ca is required with --coordinator (the coordinator's ca.crt)")
         return Target(coordinator, ca or Path(info.ca if info else ""), local if info else None)
@@ -263,8 +265,3 @@ def main_deploy(args: argparse.Namespace) -> int:
         "revoke": cmd_revoke,
     }
     return handlers[args.coordinator_command](args)
-
-
-def flower_homes() -> Path:
-    """Base folder of the sites' and the CLI's Flower homes (``$TRIALFED_HOME`` or data home)."""
-    return trialfed_home()

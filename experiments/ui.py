@@ -8,7 +8,6 @@ descendant left) within a bounded time, and the command ends with one final line
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -21,7 +20,13 @@ from typing import IO, Any
 
 from analysis.errors import UserError
 from experiments.tracking import artifact_root, tracking_uri
-from federation.deployment.lifecycle import Stopped, descendants, ignored_signals, stop_signals
+from federation.deployment.lifecycle import (
+    Stopped,
+    descendants,
+    ignored_signals,
+    kill_remembered,
+    stop_signals,
+)
 
 
 def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
@@ -84,9 +89,7 @@ def stop_ui(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
             break
         except subprocess.TimeoutExpired:
             continue
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill_remembered(tree)
     return proc.poll()
 
 

@@ -372,7 +372,7 @@ def _run_with_kill(fed: Federation, plan: Path, victim: int) -> Outcome | Except
 @pytest.mark.slow
 def test_site_lost_mid_run_is_named_missing_and_rejoins_at_once(fed: Federation) -> None:
     _ensure_sites(fed)
-    result = _run_with_kill(fed, fed.plan("drop2", PLAN.format(min_sites=2, round_timeout=15)), 2)
+    result = _run_with_kill(fed, fed.plan("drop2", PLAN.format(min_sites=2, round_timeout=10)), 2)
     assert isinstance(result, Outcome), f"{result}\n" + "\n".join(tail(p) for p in fed.logs())
     assert [m["id"] for m in result.sites_missing] == [fed.site_ids[2]]
     assert sorted(s["id"] for s in result.sites) == sorted(fed.site_ids[:2])
@@ -390,7 +390,7 @@ def test_site_lost_mid_run_is_named_missing_and_rejoins_at_once(fed: Federation)
 @pytest.mark.slow
 def test_site_lost_below_min_sites_fails_naming_it(fed: Federation) -> None:
     _ensure_sites(fed)
-    result = _run_with_kill(fed, fed.plan("drop3", PLAN.format(min_sites=3, round_timeout=15)), 1)
+    result = _run_with_kill(fed, fed.plan("drop3", PLAN.format(min_sites=3, round_timeout=10)), 1)
     assert isinstance(result, RunFailed), result
     assert fed.site_ids[1] in str(result) and "needs 3" in str(result)
 

@@ -263,3 +263,44 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
             if name in line and "not found" not in line.lower() and "user" not in line.lower()
         ]  # fmt: skip
         assert not problems, done.stderr
+
+
+ESCAPER = """
+import signal, subprocess, sys, time
+sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+deaf = [sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+subprocess.Popen(sleep, start_new_session=True)  # leaves the group, as Flower's helpers do
+subprocess.Popen(deaf)  # stays in the group but ignores SIGTERM
+time.sleep(0.5)
+print("ready", flush=True)
+time.sleep(600)
+"""
+SUPERVISED = """
+import os, sys
+from federation.deployment.lifecycle import Supervisor, supervise_until_stopped
+supervisor = Supervisor(lambda m: print("trialfed:", m, flush=True))
+supervisor.start("escaper", [sys.executable, "-c", sys.argv[1]], dict(os.environ))
+sys.exit(supervise_until_stopped(supervisor, lambda child: False, "test"))
+"""
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
+def test_supervisor_stops_children_that_leave_the_group_or_ignore_sigterm(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    log = tmp_path / "out.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISED, ESCAPER], cwd=REPO, stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    proc = Proc("supervised", popen, log)
+    try:
+        wait_for(lambda: "ready" in proc.text() or not proc.alive(), 30, "the children", [log])
+        assert len(proc.tree()) == 4, proc.seen  # supervisor, escaper, two grandchildren
+        text = _stop(proc, sig)
+        assert popen.returncode == 0, text
+        assert f"test stopped ({sig.name} received" in text.splitlines()[-1]
+    finally:
+        proc.stop(signal.SIGKILL)

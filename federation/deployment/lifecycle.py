@@ -76,21 +76,47 @@ def _die_with_parent() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every living descendant of ``pid`` (from ``/proc``; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
+def _stat(pid: int) -> tuple[int, int] | None:
+    """``(parent pid, start time)`` of a living process from ``/proc/PID/stat``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":  # a zombie has exited; only its parent's wait is left
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int) -> dict[int, int]:
+    """Every living descendant of ``pid`` with its start time (from ``/proc``).
+
+    The start time tells a process from a later one that reuses its PID.
+    """
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _stat(int(entry.name))
+        if stat is not None:
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found: dict[int, int] = {}
+    todo = [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
+        for child, started in children.get(todo.pop(), []):
+            found[child] = started
             todo.append(child)
     return found
+
+
+def _started(pid: int) -> int | None:
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def kill_remembered(known: dict[int, int]) -> None:
+    """SIGKILL each remembered process that still runs: same PID and same start time."""
+    for pid, started in known.items():
+        if _started(pid) == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -100,7 +126,7 @@ class Child:
     name: str
     popen: subprocess.Popen[str]
     reader: threading.Thread | None = None
-    known: set[int] = field(default_factory=set)
+    known: dict[int, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -110,7 +136,9 @@ class Child:
         return self.popen.poll() is None
 
     def remember_tree(self) -> None:
-        """Note the child's descendants now (some may leave its process group later)."""
+        """Note the child's descendants now (some may leave its process group later); those
+        that have ended since are forgotten, so the record stays small on a long run."""
+        self.known = {p: t for p, t in self.known.items() if _started(p) == t}
         self.known.update(descendants(self.pid))
 
 
@@ -196,9 +224,7 @@ class Supervisor:
         self.children.remove(child)
 
     def _reap(self, child: Child) -> None:
-        for pid in child.known:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        kill_remembered(child.known)
         child.known.clear()
 
     def stop(self, grace: float = STOP_GRACE_S) -> list[str]:
