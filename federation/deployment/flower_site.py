@@ -21,11 +21,20 @@ Runtime API of the SuperNode (site runner, ``--isolation process``):
   ``RuntimeVersionHttpInterceptor``, ``SuperExecAuthHttpInterceptor``: the per-task token, the
   component version check and the HMAC of ``AcquireTask`` (the SuperNode's
   ``--superexec-auth-secret-file``). Breaks if the header scheme changes.
-- ``flwr.supernode.runtime.run_clientapp.pull_task_input``, ``push_message``,
-  ``push_task_output``: the exact exchange ``flwr-clientapp`` performs for one task (inflating
-  the message object tree, the reply's object tree, the final status). Reused rather than
-  copied so the wire format stays Flower's. Breaks if these functions are renamed or change
+- ``flwr.supernode.runtime.run_clientapp.push_message``, ``push_task_output``: the exact
+  exchange ``flwr-clientapp`` performs to send a reply and the task's final status. Reused
+  rather than copied so the wire format stays Flower's. Breaks if they are renamed or change
   signature.
+- Reading a task's input is Flower's ``pull_task_input`` with one change: the SuperNode offers
+  the task BEFORE it has fetched the message's objects from the coordinator, and Flower pulls a
+  missing object again only after 1 s (``PULL_INITIAL_BACKOFF``), which a fresh
+  ``flwr-clientapp`` process never noticed but a warm runner hit on every round (1.2 s of a
+  3-4 s round). :func:`_pull_task_input` asks again after 50 ms instead. It takes
+  ``PullTaskInputRequest``/``PullAppMessagesRequest`` (``flwr.proto.runtime_pb2``),
+  ``context_from_proto``/``fab_from_proto`` (``flwr.common.serde``), ``Node``
+  (``flwr.proto.node_pb2``), ``pull_and_inflate_object_from_tree`` and the protobuf pull and
+  confirm functions (``flwr.supercore.inflatable``) and ``TaskIdentity``
+  (``flwr.supercore.task_identity``, read by Flower's tracing). Breaks if any is renamed.
 - ``flwr.supercore.heartbeat.HeartbeatSender``: keeps a claimed task alive past the SuperNode's
   30 s claim window (a Cox round on a large bundle can take that long). Our heartbeat function
   never raises SIGINT (Flower's ``make_task_heartbeat_fn_http`` does, which would end the
@@ -65,28 +74,34 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.serde import context_from_proto, fab_from_proto
 from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=E0611
 from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
-from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611  # pylint: disable=E0611
     AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
     SendTaskHeartbeatRequest,
 )
 from flwr.supercore.constant import TaskType
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
     SuperExecAuthHttpInterceptor,
 )
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
-from flwr.supernode.runtime.run_clientapp import (
-    pull_task_input,
-    push_message,
-    push_task_output,
-)
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 COMPONENT = "flwr-clientapp"  # the SuperNode checks the version of this component
@@ -173,8 +188,7 @@ class TaskSession:
         """The task's message, context and app bundle; starts the task heartbeat."""
         self._heartbeat.start()
         with self._lock:
-            message, context, _run, fab = pull_task_input(self._client)
-        return TaskInput(message, context, str(fab.hash_str), bytes(fab.content))
+            return _pull_task_input(self._client)
 
     def push(self, reply: Message, context: Context) -> None:
         """Send the reply message back through the SuperNode."""
@@ -189,6 +203,37 @@ class TaskSession:
             status = SubStatus.COMPLETED if ok else SubStatus.FAILED
             push_task_output(self._client, context, status, details)
             self._client.close()
+
+
+OBJECT_RETRY_S = 0.05
+"""First pause before asking again for a message object the SuperNode has not fetched yet."""
+
+
+def _pull_task_input(client: RuntimeHttpClient) -> TaskInput:
+    """Flower's ``pull_task_input`` (1.42) with :data:`OBJECT_RETRY_S` (module docstring)."""
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context = context_from_proto(res.context)
+    fab = fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("no message in the task (Runtime API)")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(
+            client.ConfirmMessageReceived, node, context.run_id
+        ),
+        return_type=Message,
+        initial_backoff=OBJECT_RETRY_S,
+        backoff_cap=1.0,
+    )
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower sets it
+    return TaskInput(message, context, str(fab.hash_str), bytes(fab.content))
 
 
 def error_reply(message: Message, reason: str) -> Message:
