@@ -217,6 +217,8 @@ def test_roster_enrols_refuses_duplicates_and_revokes(tmp_path: Path) -> None:
     assert roster.revoked()[0]["site_id"] == "JP01" and roster.revoked()[0]["revoked_at"]
     with pytest.raises(UserError, match="not on the roster"):
         roster.get("JP01")
+    with pytest.raises(UserError, match="was revoked on .* new key pair"):
+        roster.check_new("JP01", "JP", keys[0])
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
@@ -555,3 +557,32 @@ def test_revoked_site_stops_with_one_clear_line(fed: Federation) -> None:
     again = fed.start_site(2, key=fed.keys[2], retry_s=60)
     again.popen.wait(timeout=60)
     assert again.popen.returncode == 3 and "was revoked" in again.text(), tail(again.log)
+
+
+def test_a_run_expects_the_roster_unless_the_plan_names_its_sites(tmp_path: Path) -> None:
+    from analysis.plan import parse_plan
+    from federation.deployment.control import expected_sites
+
+    plan = parse_plan(ONE_ROUND_PLAN.format(study="E", min_sites=0, round_timeout=30), "plan")
+    roster = Roster(tmp_path)
+    with pytest.raises(UserError, match="no site is enrolled"):
+        expected_sites(plan, roster)
+    for i, site in enumerate(["KR01", "JP01"]):
+        roster.add(site, site[:2], create_site_keys(tmp_path / site)[1].read_text(), 100 + i)
+    expected = expected_sites(plan, roster)
+    assert expected.site_ids == ["JP01", "KR01"]
+    assert expected.overrides() == {
+        "expected-site-ids": "JP01,KR01",
+        "roster-nodes": "100=KR01,101=JP01",
+    }
+    assert expected_sites(plan, None).overrides() == {"expected-site-ids": "", "roster-nodes": ""}
+    if hasattr(plan, "sites"):  # the plan's own [study] sites list, where the plan model has it
+        named = parse_plan(
+            ONE_ROUND_PLAN.format(study="E", min_sites=0, round_timeout=30).replace(
+                'title = "deployment test, one round"',
+                'title = "deployment test, one round"\nsites = ["JP01", "XX99"]',
+            ),
+            "plan",
+        )
+        with pytest.raises(UserError, match="XX99, not on the coordinator's roster"):
+            expected_sites(named, roster)
