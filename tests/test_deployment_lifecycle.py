@@ -281,7 +281,7 @@ import os, sys
 from federation.deployment.lifecycle import Supervisor, supervise_until_stopped
 supervisor = Supervisor(lambda m: print("trialfed:", m, flush=True))
 supervisor.start("escaper", [sys.executable, "-c", sys.argv[1]], dict(os.environ))
-sys.exit(supervise_until_stopped(supervisor, lambda child: False, "test"))
+sys.exit(supervise_until_stopped(supervisor, lambda child: "a child exited", "test"))
 """
 
 

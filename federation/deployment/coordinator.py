@@ -23,7 +23,7 @@ from pathlib import Path
 
 from analysis.errors import UserError
 from federation.deployment import proxy
-from federation.deployment.lifecycle import Supervisor, supervise_until_stopped
+from federation.deployment.lifecycle import Supervisor, exited, supervise_until_stopped
 from federation.deployment.pki import CertFiles
 from federation.deployment.processes import (
     check_port_free,
@@ -104,7 +104,7 @@ class CoordinatorService:
         self.say(f"sites connect to https://{public} (nginx: Fleet API only, TLS)")
         self.say(f"Control API (runs, enrolment) on https://{control}, this machine only")
         try:
-            return supervise_until_stopped(supervisor, lambda _child: False, "coordinator")
+            return supervise_until_stopped(supervisor, exited, "coordinator")
         finally:
             (self.state / "coordinator.json").unlink(missing_ok=True)
             lock.release()

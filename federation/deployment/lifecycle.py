@@ -258,14 +258,14 @@ class Supervisor:
 
 def supervise_until_stopped(
     supervisor: Supervisor,
-    on_exit: Callable[[Child], bool],
+    on_exit: Callable[[Child], str | None],
     what: str,
 ) -> int:
-    """Wait until a stop signal or until ``on_exit(child)`` returns ``False``; stop everything.
+    """Wait until a stop signal or until ``on_exit(child)`` gives a reason to stop; stop all.
 
-    ``on_exit`` is called for each child that exits and returns whether to keep going (it may
-    start a replacement). Returns 0 after a stop signal, otherwise 1. Always prints one final
-    line naming what stopped and why.
+    ``on_exit`` is called for each child that exits; it returns ``None`` to keep going (it may
+    start a replacement) or the reason to stop. Returns 0 after a stop signal, otherwise 1.
+    Always prints one final line naming what stopped and why.
     """
     code, reason = 1, "a process exited"
     try:
@@ -274,11 +274,12 @@ def supervise_until_stopped(
                 child = supervisor.wait_any()
                 if child is None:
                     continue
-                if not on_exit(child):
-                    reason = f"{child.name} exited with status {child.popen.returncode}"
+                stop = on_exit(child)
+                if stop is not None:
+                    reason = stop
                     break
-    except Stopped as stop:
-        code, reason = 0, f"{stop.signame} received"
+    except Stopped as stop_signal:
+        code, reason = 0, f"{stop_signal.signame} received"
     started = time.monotonic()
     # No second signal may cut the stop short: the children would be left behind.
     with ignored_signals():
@@ -287,6 +288,11 @@ def supervise_until_stopped(
     extra = f"; killed after {STOP_GRACE_S:g} s: {', '.join(killed)}" if killed else ""
     supervisor.say(f"{what} stopped ({reason}; every process stopped in {took:.1f} s{extra})")
     return code
+
+
+def exited(child: Child) -> str:
+    """The usual stop reason: ``"NAME exited with status N"``."""
+    return f"{child.name} exited with status {child.popen.returncode}"
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from analysis.errors import UserError
-from federation.deployment.lifecycle import Child, Supervisor, supervise_until_stopped
+from federation.deployment.lifecycle import Child, Supervisor, exited, supervise_until_stopped
 from federation.deployment.processes import runner_command, runner_secret, supernode_command
 
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
@@ -193,12 +193,11 @@ class SiteService:
         code = supervise_until_stopped(self.supervisor, self._on_exit, f"site {self.site_id}")
         return self.exit_code or code
 
-    def _on_exit(self, child: Child) -> bool:
+    def _on_exit(self, child: Child) -> str | None:
         """Restart a refused SuperNode; stop on anything else (see the module docstring)."""
         if child is not self.node:
-            self.say(f"the site runner exited with status {child.popen.returncode}")
             self.exit_code = 1
-            return False
+            return exited(child)
         code = child.popen.returncode
         # A revoked SuperNode stops itself (its heartbeat gets HTTP 401 and it sends itself
         # SIGINT, exit status 0) or dies on a 401 traceback: ask the coordinator which.
@@ -210,21 +209,21 @@ class SiteService:
         if not self.output.refused:
             self.exit_code = code or 0
             if code == 0:
-                self.say(f"site {self.site_id}: flower-supernode ended its connection")
-            return False
+                return "flower-supernode ended its connection"
+            return exited(child)
         self.supervisor.forget(child)
         return self._retry_activation()
 
-    def _revoked(self) -> bool:
+    def _revoked(self) -> str:
         self.say(
             f"site {self.site_id}: the coordinator no longer accepts this site's key (HTTP 401): "
             "the site was revoked (`trialfed coordinator revoke`). Stopping. To rejoin, make a "
             "new key pair (`trialfed site keygen`) and have it enrolled"
         )
         self.exit_code = REVOKED_EXIT
-        return False
+        return "revoked by the coordinator"
 
-    def _retry_activation(self) -> bool:
+    def _retry_activation(self) -> str | None:
         if not self.deactivated:
             # The previous connection may still count as online (hard kill): end it, once.
             self.deactivated = True
@@ -234,7 +233,7 @@ class SiteService:
             if status == ACCEPTED:
                 self.say(f"site {self.site_id}: ended its previous connection; connecting again")
                 self.start_node()
-                return True
+                return None
         if time.monotonic() + ACTIVATION_PAUSE_S > self.deadline:
             self.say(
                 f"site {self.site_id}: the coordinator refused this site for {self.retry_s:g} s: "
@@ -242,14 +241,14 @@ class SiteService:
                 f"{self.site_id} ...`) or it is the wrong key"
             )
             self.exit_code = 1
-            return False
+            return "not enrolled at the coordinator"
         self.say(
             f"site {self.site_id}: the coordinator refused activation (not enrolled yet, or its "
             f"previous connection has not expired); retrying in {ACTIVATION_PAUSE_S:g} s"
         )
         time.sleep(ACTIVATION_PAUSE_S)
         self.start_node()
-        return True
+        return None
 
     def _deactivate_previous(self) -> int:
         """``DeactivateNode`` for the last node id this site had (0 when there is none)."""
