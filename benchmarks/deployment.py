@@ -1,45 +1,56 @@
-"""Deployment on loopback: the standard efficacy plan over real Flower processes on 127.0.0.1.
+"""Deployment on loopback: real ``trialfed`` coordinator and site processes on 127.0.0.1.
 
-A coordinator (``trialfed coordinator start``: SuperLink with TLS and SuperNode authentication)
-and three sites (``trialfed site start``: SuperNodes, each enrolled by its public key) run as
-separate process trees, started the way docs/deployment.md starts them. ``trialfed run
---coordinator`` is measured as a whole process: rounds, wall time, seconds per round. What each
-site sends is
-read off the kernel's TCP counters (``ss -ti``: ``bytes_acked`` and ``bytes_received`` of the
-SuperNode's connections to the coordinator's port), sampled through the run, so TLS, gRPC
-framing and Flower's polling are included: the bytes that leave the hospital.
+A coordinator (``trialfed coordinator start``: SuperLink behind nginx, TLS, SuperNode
+authentication) and the sites (``trialfed site start``: SuperNode + site runner, each enrolled
+on the roster) run as separate process trees, started the way docs/deployment.md starts them.
+
+1. Round time (3 sites): ``trialfed run --coordinator`` of the standard efficacy plan, measured
+   as a whole process; per round, the slowest site's handling of its message (read from the
+   site runners' log lines: task input, answer, reply) and the rest, which is Flower's polling
+   (an idle SuperNode fetches every 3 s, ``Grid.send_and_receive`` looks for replies every 3 s).
+   What each message cost before the site runner, a fresh ``flwr-clientapp`` process (start,
+   imports, bundle load from the Parquet cache), is measured as a whole process too; the
+   round times before it are :data:`BASELINE` (measured at the commit named there). What each
+   site sends is read off the kernel's TCP counters (``ss -ti``) of its SuperNode's connections.
+2. Soak (5 sites): :mod:`benchmarks.deployment_soak`.
+
 Every process started here is stopped by PID at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks.data import write_sites
-from benchmarks.measure import ENV, ROOT, measure
+from benchmarks.deployment_soak import SOAK_RUNS, bench_soak, soak_lines
+from benchmarks.loopback import LoopbackFederation, tree
+from benchmarks.measure import measure
 from benchmarks.plans import EFFICACY_PLAN, write_plan
-from federation.deployment.control import Control
-from federation.deployment.pki import create_certificates, create_site_keys
-from federation.deployment.processes import free_port, wait_for_port
 
 SITES = 3
-START_TIMEOUT_S = 120.0
 SAMPLE_S = 0.25
+BASELINE = {
+    "commit": "ae0c726",
+    "design": "flower-supernode --isolation subprocess: a new flwr-clientapp process per message",
+    "rounds": 3,
+    "round_s": [6.747, 7.132, 7.007],
+    "protocol_s": 28.1,
+}
+"""The round times of this benchmark before the site runner (benchmarks/results/deployment.json
+at that commit, same plan, 3 x 300 subjects, same machine)."""
 _SOCKET = re.compile(r"pid=(\d+)")
 _COUNTER = re.compile(r"\b(bytes_acked|bytes_received):(\d+)")
+_ANSWERED = re.compile(
+    r"run (\d+): message answered in ([\d.]+) s \(input ([\d.]+), answer ([\d.]+), "
+    r"reply ([\d.]+)\)"
+)
 
 
 def _connections(port: int) -> dict[tuple[int, str], dict[str, int]]:
@@ -96,95 +107,82 @@ class _Sampler:
         return total
 
 
-def _tree(pid: int) -> set[int]:
-    try:
-        return {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
-    except psutil.Error:
-        return {pid}
+def _answers(fed: LoopbackFederation, run_id: int) -> dict[str, list[dict[str, float]]]:
+    """Per site, the runner's handling of each message of run ``run_id``, in order."""
+    found: dict[str, list[dict[str, float]]] = {}
+    for i in range(len(fed.bundles)):
+        name = fed.site_name(i)
+        for match in _ANSWERED.finditer(fed.log(name).read_text(errors="replace")):
+            if int(match.group(1)) == run_id:
+                total, got, work, reply = (float(match.group(k)) for k in range(2, 6))
+                found.setdefault(name, []).append(
+                    {"total": total, "input": got, "answer": work, "reply": reply}
+                )
+    return found
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Stop each process group, then every descendant left, by PID."""
-    trees = [_tree(p.pid) for p in procs]
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-    left = []
-    for pid in set().union(*trees) if trees else set():
-        with contextlib.suppress(psutil.Error):
-            process = psutil.Process(pid)
-            process.kill()
-            left.append(process)
-    psutil.wait_procs(left, timeout=15)
+def _breakdown(round_s: list[float], answers: dict[str, list[dict[str, float]]]) -> list[Any]:
+    rows = []
+    for r, seconds in enumerate(round_s):
+        handled = [msgs[r] for msgs in answers.values() if r < len(msgs)]
+        slowest = max(handled, key=lambda m: m["total"]) if handled else {}
+        rows.append(
+            {
+                "round": r + 1,
+                "round_s": round(seconds, 3),
+                "slowest_site_s": round(slowest.get("total", 0.0), 3),
+                "site_input_s": round(slowest.get("input", 0.0), 3),
+                "site_answer_s": round(slowest.get("answer", 0.0), 3),
+                "site_reply_s": round(slowest.get("reply", 0.0), 3),
+                "polling_and_transport_s": round(seconds - slowest.get("total", 0.0), 3),
+            }
+        )
+    return rows
 
 
-def _wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not within {timeout:g} s")
+FRESH_PROCESS = """
+import sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+import flwr.supernode.runtime.run_clientapp  # what flwr-clientapp imports
+t1 = time.perf_counter()
+from federation import client_app  # the ClientApp the bundle ships
+t2 = time.perf_counter()
+from sites.cache import load_cached
+load_cached(Path(sys.argv[1]), sys.argv[2])
+t3 = time.perf_counter()
+print(f"FRESH {t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}")
+"""
 
 
-def bench_deployment(work: Path, subjects_per_site: int, timeout: float) -> dict[str, Any]:
-    """Start the federation, measure one ``trialfed run --coordinator``, stop everything."""
+def fresh_process_cost(bundle: Path, cache: Path, timeout: float) -> dict[str, Any]:
+    """What every message cost before the site runner: a new process, its imports, the load of
+    the bundle from its Parquet cache (the site's own cache, warmed by the runner)."""
+    cmd = [sys.executable, "-c", FRESH_PROCESS, str(bundle), str(cache)]
+    m = measure(cmd, timeout)
+    match = re.search(r"FRESH ([\d.]+) ([\d.]+) ([\d.]+)", m.tail)
+    doc: dict[str, Any] = {"wall_s": m.wall_s, "peak_rss_mb": m.peak_tree_rss_mb}
+    if match:
+        names = ("import_flwr_s", "import_app_s", "load_bundle_s")
+        doc.update({k: float(v) for k, v in zip(names, match.groups(), strict=True)})
+    return doc
+
+
+def bench_rounds(work: Path, subjects_per_site: int, timeout: float) -> dict[str, Any]:
+    """Start 3 sites, measure one ``trialfed run --coordinator`` of the efficacy plan."""
     base = work / "deployment"
     shutil.rmtree(base, ignore_errors=True)  # keys and state of an earlier run
     bundles = write_sites(base / "data", SITES * subjects_per_site, SITES, "csv")
     plan = write_plan(EFFICACY_PLAN, base / "plans" / "efficacy.toml")
-    certs = create_certificates(["127.0.0.1"], base / "certs")
-    keys = [create_site_keys(base / f"key{i}")[0] for i in range(SITES)]
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = {
-        **os.environ, **ENV, "TRIALFED_HOME": str(base / "home"), "PYTHONPATH": str(ROOT),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }  # fmt: skip
-    env.pop("FLWR_HOME", None)
-    logs = base / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (logs / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "experiments.cli", *args], cwd=ROOT, env=env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        procs.append(proc)
-        return proc
-
+    fed = LoopbackFederation(base, bundles)
     try:
-        started = time.perf_counter()
-        spawn("coordinator", "coordinator", "start", "--certs", str(base / "certs"),
-              "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
-        if not wait_for_port("127.0.0.1", port, START_TIMEOUT_S):
-            raise RuntimeError("the coordinator did not listen")
-        control = Control(address, certs.ca_cert, home=base / "cli")
-        _wait(lambda: _registered(control, keys[0]), START_TIMEOUT_S, "the first enrolment")
-        for key in keys[1:]:
-            control.register(key.with_name("site.pub"))
-        sites = [
-            spawn(f"site{i}", "site", "start", str(bundle), "--coordinator", address,
-                  "--ca", str(certs.ca_cert), "--key", str(keys[i]))
-            for i, bundle in enumerate(bundles)
-        ]  # fmt: skip
-        _wait(lambda: _online(control) == SITES, START_TIMEOUT_S, f"{SITES} sites online")
-        setup_s = time.perf_counter() - started
-        sampler = _Sampler(port)
+        setup_s = fed.start()
+        sampler = _Sampler(fed.port)
         out = base / "out"
         cmd = [sys.executable, "-m", "experiments.cli", "run", str(plan), "--coordinator",
-               address, "--ca", str(certs.ca_cert), "--out", str(out), "--no-tracking"]  # fmt: skip
-        m = measure(cmd, timeout, env={k: env[k] for k in ("TRIALFED_HOME", "PYTHONPATH")})
+               fed.control, "--out", str(out), "--no-tracking"]  # fmt: skip
+        env = {k: fed.env[k] for k in ("TRIALFED_HOME", "TRIALFED_STATE", "PYTHONPATH")}
+        m = measure(cmd, timeout, env=env)
         sampler.stop()
         doc: dict[str, Any] = {"sites": SITES, "subjects_per_site": subjects_per_site,
                                "setup_s": round(setup_s, 1), **m.as_dict()}  # fmt: skip
@@ -193,28 +191,69 @@ def bench_deployment(work: Path, subjects_per_site: int, timeout: float) -> dict
             res = json.loads(results.read_text())
             doc["rounds"], doc["protocol_s"] = res["rounds"], res["seconds"]
             doc["round_s"] = res.get("round_seconds", [])
+            doc["round_time_s"] = round(sum(doc["round_s"]), 2)
             doc["ve"] = res["analyses"]["ve"]["ve"]
+            submitted = re.search(r"run (\d+) submitted", m.tail)
+            if submitted:
+                doc["breakdown"] = _breakdown(doc["round_s"], _answers(fed, int(submitted[1])))
         else:
             doc["error_tail"] = m.tail
         doc["per_site"] = [
-            {"site": bundle.name, **sampler.sent_by(_tree(proc.pid))}
-            for bundle, proc in zip(bundles, sites, strict=True)
-        ]
+            {"site": fed.site_name(i), **sampler.sent_by(
+                {p.pid for p in tree(fed.procs[fed.site_name(i)].pid)})}
+            for i in range(SITES)
+        ]  # fmt: skip
+        cache = base / "home" / f"site-{fed.site_name(0)}" / "bundle-cache"
+        doc["fresh_clientapp_process"] = fresh_process_cost(bundles[0], cache, timeout)
+        doc["before"] = BASELINE
         return doc
     finally:
-        _stop(procs)
+        fed.stop()
 
 
-def _registered(control: Control, key: Path) -> bool:
-    try:
-        control.register(key.with_name("site.pub"))
-    except Exception:  # noqa: BLE001 - the Control API is not up yet: try again
-        return False
-    return True
+def bench_deployment(
+    work: Path, subjects_per_site: int, timeout: float, soak_runs: int = SOAK_RUNS
+) -> dict[str, Any]:
+    """Round time on 3 sites, then the soak on 5 (see the module docstring)."""
+    doc = bench_rounds(work, subjects_per_site, timeout)
+    if soak_runs:
+        try:
+            doc["soak"] = bench_soak(work, soak_runs, min(timeout, 180.0))
+        except Exception as exc:  # noqa: BLE001 - recorded; the round figures still count
+            doc["soak"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return doc
 
 
-def _online(control: Control) -> int:
-    try:
-        return sum(1 for n in control.nodes() if n.get("status") == "online")
-    except Exception:  # noqa: BLE001 - not reachable yet
-        return -1
+def summary_lines(dep: dict[str, Any]) -> list[str]:
+    """The round-time breakdown and the soak figures as Markdown (benchmarks/summary.py)."""
+    lines: list[str] = []
+    before = dep.get("before")
+    if before and dep.get("round_s"):
+        lines += [
+            f"Round time: {sum(before['round_s']):.1f} s before ({before['design']}, "
+            f"{before['commit']}) -> **{dep.get('round_time_s', sum(dep['round_s'])):.1f} s** "
+            f"now over {dep.get('rounds')} rounds (site runner: one warm process per site).",
+            "",
+            "| round | round s | slowest site: input / answer / reply s | Flower polling + "
+            "transport s |",
+            "|---|---|---|---|",
+        ]
+        for row in dep.get("breakdown", []):
+            lines.append(
+                f"| {row['round']} | {row['round_s']:.2f} | {row['site_input_s']:.2f} / "
+                f"{row['site_answer_s']:.2f} / {row['site_reply_s']:.2f} | "
+                f"{row['polling_and_transport_s']:.2f} |"
+            )
+        fresh = dep.get("fresh_clientapp_process", {})
+        if fresh:
+            lines += [
+                "",
+                f"Avoided per message (a fresh `flwr-clientapp` process, measured): "
+                f"{fresh.get('wall_s', 0):.2f} s wall, of which import flwr "
+                f"{fresh.get('import_flwr_s', 0):.2f} s, import the app "
+                f"{fresh.get('import_app_s', 0):.2f} s, load the bundle "
+                f"{fresh.get('load_bundle_s', 0):.2f} s; peak "
+                f"{fresh.get('peak_rss_mb', 0):.0f} MB.",
+            ]
+        lines.append("")
+    return [*lines, *soak_lines(dep.get("soak"))]

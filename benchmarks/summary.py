@@ -69,7 +69,9 @@ def _deployment(dep: dict[str, Any]) -> list[str]:
     ]
     for site in dep.get("per_site", []):
         lines.append(f"| {site['site']} | {site['bytes_sent']:,} | {site['bytes_received']:,} |")
-    return lines + [""]
+    from benchmarks.deployment import summary_lines
+
+    return [*lines, "", *summary_lines(dep)]
 
 
 def write_summary(out: Path, meta: dict[str, Any], docs: dict[str, Any]) -> Path:

@@ -56,10 +56,34 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return main_ui(args)
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from experiments.deploy_results import main_results
+
+    return main_results(args)
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from experiments.deploy import main_deploy
 
     return main_deploy(args)
+
+
+def _state_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="coordinator state folder (default $TRIALFED_STATE or ~/.local/share/trialfed/"
+        "coordinator)",
+    )
+
+
+def _coordinator_options(parser: argparse.ArgumentParser) -> None:
+    _state_option(parser)
+    parser.add_argument(
+        "--coordinator", metavar="HOST:PORT", default=None, help="Control API (remote, tunnel)"
+    )
+    parser.add_argument("--ca", type=Path, default=None, help="coordinator CA (with --coordinator)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,16 +170,38 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--host", required=True, action="append", help="server host name or IP")
     certs.add_argument("--out", type=Path, required=True)
     certs.set_defaults(handler=_cmd_deploy)
-    cstart = coord_sub.add_parser("start", help="start the SuperLink with TLS and site auth")
+    cstart = coord_sub.add_parser("start", help="start the coordinator (SuperLink behind nginx)")
     cstart.add_argument("--certs", type=Path, required=True)
-    cstart.add_argument("--host", default="0.0.0.0")
-    cstart.add_argument("--port", type=int, default=9093)
+    cstart.add_argument("--host", default="0.0.0.0", help="address the sites connect to")
+    cstart.add_argument("--port", type=int, default=9093, help="port the sites connect to")
+    cstart.add_argument(
+        "--control-port", type=int, default=None, help="Control API port on 127.0.0.1 (PORT+1)"
+    )
+    _state_option(cstart)
     cstart.set_defaults(handler=_cmd_deploy)
-    enroll = coord_sub.add_parser("enroll", help="enrol a site's public key")
+    enroll = coord_sub.add_parser("enroll", help="enrol a site's public key on the roster")
     enroll.add_argument("public_key", type=Path)
-    enroll.add_argument("--coordinator", default="127.0.0.1:9093", metavar="HOST:PORT")
-    enroll.add_argument("--ca", type=Path, default=None)
+    enroll.add_argument("--site", required=True, help="site id (as in the site's site.toml)")
+    enroll.add_argument("--country", required=True, help="two-letter country code, e.g. JP")
+    _state_option(enroll)
     enroll.set_defaults(handler=_cmd_deploy)
+    sites = coord_sub.add_parser("sites", help="list the roster: sites, fingerprints, contact")
+    _state_option(sites)
+    sites.set_defaults(handler=_cmd_deploy)
+    revoke = coord_sub.add_parser("revoke", help="revoke a site: its key is refused from now on")
+    revoke.add_argument("site", help="site id")
+    _state_option(revoke)
+    revoke.set_defaults(handler=_cmd_deploy)
+
+    status = sub.add_parser("status", help="the federation: sites online, versions, runs")
+    _coordinator_options(status)
+    status.set_defaults(handler=_cmd_deploy)
+    results = sub.add_parser("results", help="results.json (and MLflow run) of a deployed run")
+    results.add_argument("run_id", type=int, help="the coordinator's run id")
+    results.add_argument("--out", type=Path, required=True, help="output folder")
+    results.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    _coordinator_options(results)
+    results.set_defaults(handler=_cmd_results)
 
     run = sub.add_parser("run", help="run an analysis plan over the federation")
     run.add_argument("plan", type=Path, help="analysis plan (TOML)")

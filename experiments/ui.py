@@ -1,7 +1,9 @@
 """``trialfed ui``: the MLflow UI on the store that ``trialfed run`` tracks to.
 
 It serves :func:`experiments.tracking.tracking_uri` with the same artifact root, on 127.0.0.1 by
-default, in its own process group so that stopping it stops every process it started.
+default, in its own process group so that stopping it stops every process it started. SIGTERM,
+SIGINT and SIGHUP to ``trialfed ui`` stop the MLflow server and its workers (the group, then any
+descendant left) within a bounded time, and the command ends with one final line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from typing import IO, Any
 
 from analysis.errors import UserError
 from experiments.tracking import artifact_root, tracking_uri
+from federation.deployment.lifecycle import (
+    Stopped,
+    descendants,
+    ignored_signals,
+    kill_remembered,
+    stop_signals,
+)
 
 WORKFLOW = "machine_learning"
 """MLflow 3's UI opens in its GenAI view unless the URL asks for the model-training one."""
@@ -76,43 +85,52 @@ def wait_until_ready(
 
 
 def stop_ui(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    """Stop the UI's process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    """Stop the UI's process group: SIGTERM, then SIGKILL after ``timeout`` seconds; then kill
+    any descendant that left the group (MLflow's workers)."""
+    tree = descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
         try:
-            return proc.wait(timeout=timeout)
+            proc.wait(timeout=timeout)
+            break
         except subprocess.TimeoutExpired:
             continue
+    kill_remembered(tree)
     return proc.poll()
 
 
 def main_ui(args: Any) -> int:
-    """``trialfed ui``: serve the configured store until Ctrl-C."""
+    """``trialfed ui``: serve the configured store until SIGTERM, SIGINT or SIGHUP."""
     uri = tracking_uri()
     url = f"http://{args.host}:{args.port}"
     proc = start_ui(args.host, args.port, uri)
-    # The server runs in its own process group: on SIGTERM stop it too, as on Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    reason = "the MLflow server exited"
     try:
-        wait_until_ready(url, timeout=180.0, proc=proc)
-        print(
-            f"MLflow UI for {uri} at {url}/#/experiments?{ui_query()} (Ctrl-C to stop)",
-            flush=True,
-        )
-        return proc.wait()
-    except KeyboardInterrupt:
-        print("trialfed: stopping the MLflow UI", file=sys.stderr)
+        with stop_signals():
+            wait_until_ready(url, timeout=180.0, proc=proc)
+            print(
+                f"MLflow UI for {uri} at {url}/#/experiments?{ui_query()} (Ctrl-C to stop)",
+                flush=True,
+            )
+            code = proc.wait()
+            reason = f"the MLflow server exited with status {code}"
+            return code
+    except Stopped as stop:
+        reason = f"{stop.signame} received"
         return 0
     except (RuntimeError, TimeoutError) as exc:
         print(f"trialfed: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        stop_ui(proc)
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+        started = time.monotonic()
+        with ignored_signals():
+            stop_ui(proc)
+        print(
+            f"trialfed: MLflow UI stopped ({reason}; its processes stopped in "
+            f"{time.monotonic() - started:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -1,29 +1,31 @@
-"""A real deployment on 127.0.0.1: one SuperLink and three SuperNodes, TLS and site authentication.
+"""A real deployment on 127.0.0.1: one coordinator (SuperLink behind nginx) and three sites
+(SuperNode + site runner), TLS and site authentication, started as ``trialfed`` processes.
 
-The slow tests share one federation (module fixture) and run in file order: a plan run through
-``trialfed run --coordinator`` equals the simulation of the same plan; a coordinator restart keeps
-the finished run; a site killed mid-run is named as missing (min_sites=2) or fails the run
-(min_sites=3); unenrolled, keyless and plaintext nodes are refused; sites open no port.
-Every process is started in its own session and stopped by PID in the fixture's teardown; every
-wait has a timeout, and failures show the tail of the process logs.
+Fast tests check the pieces (certificates, keys, fingerprints against ``ssh-keygen``, the
+outcome codec, the SuperNode output filter, the roster, nginx's acceptance of the generated
+configuration, the app-bundle comparison). The slow tests share one federation (module fixture)
+and each brings the federation to the state it needs first, so any one of them can run alone:
+a deployed run equals the simulation of the same plan and ``trialfed results`` rebuilds it; a
+coordinator restart keeps finished runs; a site killed mid-run is named as missing or fails the
+run, and rejoins at once after a hard kill; unenrolled, keyless and plaintext nodes are refused;
+sites open no port; a site's credentials reach no Control API; a tampered app bundle is refused
+unless the site approved its hash; a revoked site stops with one clear line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,25 @@ import pytest
 
 from analysis.errors import UserError
 from experiments.plan import load_plan
-from federation.deployment import processes as deploy_procs
-from federation.deployment.control import Control, run_deployed
+from federation.deployment.appcode import app_dir, bundle_digests, compare, installed_digests
+from federation.deployment.control import Control, _conclude, _wait, run_deployed
 from federation.deployment.pki import create_certificates, create_site_keys, server_names
-from federation.deployment.processes import QUIET_ENV, free_port, parse_address
+from federation.deployment.processes import free_port, parse_address
+from federation.deployment.proxy import check_config, write_config
+from federation.deployment.roster import Roster, key_fingerprint
+from federation.deployment.site import NodeOutput
 from federation.protocol import Outcome, RunFailed
 from federation.runlog import decode_log, encode_outcome
-
-REPO = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 90.0
-RUN_TIMEOUT_S = 240.0
+from tests.deployment_fed import (
+    ONE_ROUND_PLAN,
+    START_TIMEOUT_S,
+    Federation,
+    alive,
+    build_federation,
+    start_federation,
+    tail,
+    wait_for,
+)
 
 PLAN = """
 [study]
@@ -78,7 +89,7 @@ reference = {{ TRT01P = "Placebo" }}
 """
 
 
-# --- fast tests: certificates, keys, the outcome codec ----------------------------------------
+# --- fast tests ---------------------------------------------------------------------------------
 
 
 def test_certificates_name_hosts_and_protect_keys(tmp_path: Path) -> None:
@@ -109,6 +120,15 @@ def test_site_keys_in_flower_format(tmp_path: Path) -> None:
         create_site_keys(tmp_path)
 
 
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
+def test_fingerprint_is_the_one_ssh_keygen_prints(tmp_path: Path) -> None:
+    _private, public = create_site_keys(tmp_path)
+    shown = subprocess.run(
+        ["ssh-keygen", "-lf", str(public)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    assert key_fingerprint(public) == shown
+
+
 def test_outcome_survives_the_log_exactly() -> None:
     analyses = {"cox": {"coef": np.array([0.1 + 0.2, -1 / 3, float("nan")])}, "x": np.float64(2.5)}
     outcome = Outcome(analyses, [{"id": "A"}], [], 3, 1.25, [0.5, 0.75])
@@ -137,279 +157,143 @@ def test_coordinator_address_and_ca_are_checked(tmp_path: Path) -> None:
         Control("127.0.0.1:9093", None, home=tmp_path)
 
 
-# --- the federation ---------------------------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (read from /proc), deepest last."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return f"({path} missing)"
-    return f"--- {path.name} ---\n" + "\n".join(
-        path.read_text(errors="replace").splitlines()[-lines:]
-    )
-
-
-@dataclass
-class Proc:
-    """A process tree started by a test, in its own session, logging to a file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, grace: float = 10.0) -> None:
-        """Stop the whole tree: the process group, then any descendant left, by PID."""
-        pids = [self.popen.pid, *_children(self.popen.pid)]
-        for target in (sig, signal.SIGKILL):
-            if self.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, target)
-                try:
-                    self.popen.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    continue
-            break
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=grace)
-        for pid in pids[1:]:  # helpers Flower detaches into their own sessions
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not within {timeout:g} s\n" + "\n".join(_tail(p) for p in logs))
-
-
-@dataclass
-class Federation:
-    tmp: Path
-    env: dict[str, str]
-    ca: Path
-    certs: Path
-    port: int
-    bundles: list[Path]
-    keys: list[Path]
-    control: Control
-    site_ids: list[str]
-    coordinator: Proc | None = None
-    sites: dict[int, Proc] = field(default_factory=dict)
-    extra: list[Proc] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
-    starts: int = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        self.starts += 1
-        log = self.tmp / "logs" / f"{name}-{self.starts}.log"
-        log.parent.mkdir(exist_ok=True)
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                args,
-                cwd=self.tmp,
-                env=env or self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return Proc(name, popen, log)
-
-    def cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "experiments.cli", *args]
-
-    def start_coordinator(self) -> None:
-        self.coordinator = self.spawn(
-            "coordinator",
-            self.cli(
-                "coordinator", "start", "--certs", str(self.certs),
-                "--host", "127.0.0.1", "--port", str(self.port),
-            ),
-        )  # fmt: skip
-        proc = self.coordinator
-        _wait_for(
-            lambda: "Uvicorn running" in proc.log.read_text(errors="replace") or not proc.alive(),
-            START_TIMEOUT_S,
-            "the SuperLink listening",
-            [proc.log],
-        )
-        assert proc.alive(), _tail(proc.log)
-
-    def start_site(self, i: int, key: Path | None = None, retry_s: float = 90.0) -> Proc:
-        env = {**self.env, "TRIALFED_ACTIVATION_RETRY_S": str(retry_s)}
-        proc = self.spawn(
-            f"site{i}",
-            self.cli(
-                "site", "start", str(self.bundles[i]), "--coordinator", self.address,
-                "--ca", str(self.ca), "--key", str(key or self.keys[i]),
-            ),
-            env,
-        )  # fmt: skip
-        if key is None:
-            self.sites[i] = proc
-        else:
-            self.extra.append(proc)
-        return proc
-
-    def online(self) -> int:
-        try:
-            return sum(1 for n in self.control.nodes() if n.get("status") == "online")
-        except RunFailed:
-            return -1
-
-    def activated(self, i: int) -> bool:
-        """Whether site ``i``'s current SuperNode got its node id (activation accepted)."""
-        proc = self.sites[i]
-        return proc.alive() and "SuperNode ID" in proc.log.read_text(errors="replace")
-
-    def logs(self) -> list[Path]:
-        procs = [self.coordinator, *self.sites.values(), *self.extra]
-        return [p.log for p in procs if p is not None]
-
-    def plan(self, name: str, min_sites: int, round_timeout: float) -> Path:
-        path = self.tmp / f"{name}.toml"
-        path.write_text(PLAN.format(min_sites=min_sites, round_timeout=round_timeout))
-        return path
-
-    def stop_all(self) -> None:
-        for proc in [*self.extra, *self.sites.values(), self.coordinator]:
-            if proc is not None:
-                proc.stop()
-
-
-FAKE_SUPERNODE = """
-import sys
-from pathlib import Path
-attempts = Path(sys.argv[1])
-n = int(attempts.read_text()) + 1 if attempts.exists() else 1
-attempts.write_text(str(n))
-if n <= int(sys.argv[2]):
-    print("Exit Code: 305", flush=True)
-    print(sys.argv[3], flush=True)
-    sys.exit(1)  # Flower 1.42 exits with 1 for every error
-print("SuperNode ID: 7", flush=True)
+REFUSED_START = """\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode
+\x1b[91mERROR \x1b[0m:     Exit Code: 305
+Failed to initialize the connection to the SuperLink.
+[code: 2004] Failed to activate SuperNode.
+"""
+REVOKED_RUN = """\x1b[92mINFO \x1b[0m:      SuperNode ID: 42
+\x1b[92mINFO \x1b[0m:      Received successfully
+Traceback (most recent call last):
+  File "flwr/supernode/start_client_internal.py", line 250, in start_client_internal
+httpx.HTTPStatusError: Client error '401 Unauthorized' for url 'https://c/v1/fleet/pull-messages'
+"""
+OTHER_CRASH = """\x1b[92mINFO \x1b[0m:      SuperNode ID: 42
+Traceback (most recent call last):
+  File "x.py", line 1, in f
+ValueError: something else
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("refusals", "text", "retry_s", "code", "attempts"),
-    [
-        (2, "[code: 2004] Failed to activate SuperNode.", 60.0, 0, 3),  # refused, then accepted
-        (1, "some other failure", 60.0, 1, 1),  # not a refusal: no retry
-        (5, "[code: 2004] Failed to activate SuperNode.", 0.0, 1, 1),  # out of retry time
-    ],
-    ids=["retried", "other-error", "gives-up"],
-)
-def test_site_retries_only_a_refused_activation(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
-    refusals: int,
-    text: str,
-    retry_s: float,
-    code: int,
-    attempts: int,
-) -> None:
-    monkeypatch.setattr(deploy_procs, "ACTIVATION_PAUSE_S", 0.05)
-    counter = tmp_path / "attempts"
-    command = [sys.executable, "-c", FAKE_SUPERNODE, str(counter), str(refusals), text]
-    assert deploy_procs.run_site(command, dict(os.environ), retry_s=retry_s) == code
-    assert int(counter.read_text()) == attempts
-    err = capfd.readouterr().err
-    assert text in err  # the SuperNode's own output still reaches the terminal
-    assert ("the coordinator refused this site" in err) == (retry_s == 0.0)
+def _filtered(text: str) -> tuple[NodeOutput, list[str]]:
+    shown: list[str] = []
+    output = NodeOutput(shown.append)
+    for line in text.splitlines(keepends=True):
+        output(line)
+    output.finish()
+    return output, shown
+
+
+def test_supernode_output_is_one_line_per_known_failure() -> None:
+    refused, shown = _filtered(REFUSED_START)
+    assert refused.refused and not refused.activated and shown == []
+    revoked, shown = _filtered(REVOKED_RUN)
+    assert revoked.revoked and revoked.node_id == 42
+    assert not any("Traceback" in line or "401" in line for line in shown), shown
+    crash, shown = _filtered(OTHER_CRASH)  # an unknown failure is shown whole
+    assert not crash.revoked and any("ValueError: something else" in line for line in shown)
+    assert any("Traceback" in line for line in shown)
+
+
+def test_roster_enrols_refuses_duplicates_and_revokes(tmp_path: Path) -> None:
+    roster = Roster(tmp_path)
+    keys = [create_site_keys(tmp_path / f"k{i}")[1].read_text() for i in range(2)]
+    roster.check_new("JP01", "JP", keys[0])
+    roster.add("JP01", "JP", keys[0], 11)
+    with pytest.raises(UserError, match="already enrolled"):
+        roster.check_new("JP01", "JP", keys[1])
+    with pytest.raises(UserError, match="already enrolled as site JP01"):
+        roster.check_new("KR01", "KR", keys[0])
+    with pytest.raises(UserError, match="--country"):
+        roster.check_new("KR01", "Korea", keys[1])
+    with pytest.raises(UserError, match="--site"):
+        roster.check_new("KR 01", "KR", keys[1])
+    roster.add("KR01", "KR", keys[1], 12)
+    assert roster.by_node() == {11: "JP01", 12: "KR01"}
+    roster.record_answers(7, [{"id": "KR01", "version": "0.1.0"}])
+    assert roster.get("KR01").last_run == 7 and roster.get("KR01").version == "0.1.0"
+    roster.remove("JP01")
+    assert [s.site_id for s in roster.sites()] == ["KR01"]
+    assert roster.revoked()[0]["site_id"] == "JP01" and roster.revoked()[0]["revoked_at"]
+    with pytest.raises(UserError, match="not on the roster"):
+        roster.get("JP01")
+    with pytest.raises(UserError, match="was revoked on .* new key pair"):
+        roster.check_new("JP01", "JP", keys[0])
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                    reason="needs nginx")  # fmt: skip
+def test_nginx_accepts_the_generated_configuration(tmp_path: Path) -> None:
+    files = create_certificates(["127.0.0.1"], tmp_path / "certs")
+    config = write_config(tmp_path, "127.0.0.1:9093", "127.0.0.1:9094", files)
+    check_config(config)  # nginx -t
+    text = config.read_text()
+    assert "location /v1/fleet/" in text and "/v1/control" not in text.split("location /")[0]
+    assert re.search(r"location / \{\s*return 403", text)
+
+
+def test_app_bundle_code_is_compared_file_by_file(tmp_path: Path) -> None:
+    app = app_dir(tmp_path)
+
+    def fab(folder: Path) -> bytes:
+        path = tmp_path / "app.fab"
+        with zipfile.ZipFile(path, "w") as archive:
+            for file in sorted(folder.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(folder).as_posix())
+        return path.read_bytes()
+
+    assert compare(bundle_digests(fab(app)), installed_digests()).same
+    handler = app / "federation" / "client_app.py"
+    handler.write_text(handler.read_text() + "\n# changed\n")
+    (app / "sites" / "extra.py").write_text("X = 1\n")
+    (app / "analysis" / "errors.py").unlink()
+    diff = compare(bundle_digests(fab(app)), installed_digests())
+    assert diff.changed == ["federation/client_app.py"]
+    assert diff.added == ["sites/extra.py"] and diff.removed == ["analysis/errors.py"]
+    assert "changed: federation/client_app.py" in diff.describe()
+
+
+# --- the federation -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    tmp = tmp_path_factory.mktemp("deploy")
-    env = {
-        **os.environ,
-        **QUIET_ENV,
-        "TRIALFED_HOME": str(tmp / "home"),
-        "PYTHONPATH": str(REPO),
-        # Flower's processes start `flower-superexec` by name: the venv need not be activated
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-    }
-    env.pop("FLWR_HOME", None)
-    synth = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "synth", "--out", str(tmp / "synth"),
-         "--subjects", "600", "--sites", "3", "--format", "csv"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert synth.returncode == 0, synth.stderr
-    bundles = sorted(p for p in (tmp / "synth" / "sites").iterdir() if p.is_dir())
-    assert len(bundles) == 3
-    site_ids = [tomllib.loads((b / "site.toml").read_text())["site"]["id"] for b in bundles]
-    files = create_certificates(["127.0.0.1"], tmp / "certs")
-    keys = [create_site_keys(tmp / f"key{i}")[0] for i in range(3)]
-    port = free_port()
-    control = Control(f"127.0.0.1:{port}", files.ca_cert, home=tmp / "cli")
-    federation = Federation(
-        tmp, env, files.ca_cert, tmp / "certs", port, bundles, keys, control, site_ids
-    )
+    federation = build_federation(tmp_path_factory.mktemp("deploy"))
     try:
-        federation.start_coordinator()
-        for key in keys:
-            federation.control.register(key.with_name("site.pub"))
-        for i in range(3):
-            federation.start_site(i)
-        _wait_for(lambda: federation.online() == 3, START_TIMEOUT_S, "3 sites online",
-                  federation.logs())  # fmt: skip
-        yield federation
+        yield start_federation(federation)
     finally:
         federation.stop_all()
 
 
-def _run_cli(fed: Federation, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        fed.cli(*args), cwd=fed.tmp, env=fed.env, capture_output=True, text=True,
-        timeout=RUN_TIMEOUT_S, check=False,
-    )  # fmt: skip
+def _ensure_sites(fed: Federation) -> None:
+    """Every site running and online (a test before may have stopped one)."""
+    for i in range(len(fed.bundles)):
+        if not (i in fed.sites and fed.sites[i].alive()):
+            fed.start_site(i)
+    fed.wait_sites(list(range(len(fed.bundles))))
 
 
 def _values(x: Any) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in x], dtype=float)
 
 
+def _run(fed: Federation, plan: Path, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return fed.run_cli(
+        "run", str(plan), "--coordinator", fed.control_address, "--out", str(fed.tmp / out),
+        *extra,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
-def test_deployed_run_equals_simulation(fed: Federation) -> None:
-    plan = fed.plan("full", min_sites=0, round_timeout=60)
-    dep = _run_cli(fed, "run", str(plan), "--coordinator", fed.address, "--ca", str(fed.ca),
-                   "--out", str(fed.tmp / "dep"), "--no-tracking")  # fmt: skip
-    logs = "\n".join(_tail(p) for p in fed.logs())
+def test_deployed_run_equals_simulation_and_results_rebuild_it(fed: Federation) -> None:
+    _ensure_sites(fed)
+    plan = fed.plan("full", PLAN.format(min_sites=0, round_timeout=60))
+    dep = _run(fed, plan, "dep")
+    logs = "\n".join(tail(p) for p in fed.logs())
     assert dep.returncode == 0, f"{dep.stderr[-4000:]}\n{logs}"
-    sim = _run_cli(fed, "run", str(plan), "--sites", *map(str, fed.bundles),
-                   "--out", str(fed.tmp / "sim"), "--no-tracking")  # fmt: skip
+    sim = fed.run_cli("run", str(plan), "--sites", *map(str, fed.bundles),
+                      "--out", str(fed.tmp / "sim"), "--no-tracking")  # fmt: skip
     assert sim.returncode == 0, sim.stderr[-4000:]
     d = json.loads((fed.tmp / "dep" / "results.json").read_text())
     s = json.loads((fed.tmp / "sim" / "results.json").read_text())
@@ -428,32 +312,43 @@ def test_deployed_run_equals_simulation(fed: Federation) -> None:
         got = d["analyses"]["cox"]["terms"][term]
         assert abs(got["coef"] - row["coef"]) <= 1e-12, (term, got["coef"], row["coef"])
         assert abs(got["se"] - row["se"]) <= 1e-12
-    match = re.search(r"run (\d+) submitted", dep.stderr)
-    assert match, dep.stderr[-2000:]
-    fed.state["run_id"] = int(match.group(1))
-    fed.state["cox"] = d["analyses"]["cox"]["terms"]
+    # The roster named the expected sites and recorded who answered.
+    assert f"expected sites {', '.join(sorted(fed.site_ids))}" in dep.stderr
+    run_id = int(re.search(r"run (\d+) submitted", dep.stderr).group(1))  # type: ignore[union-attr]
+    status = fed.run_cli("status", "--state", str(fed.state))
+    assert status.returncode == 0, status.stderr
+    assert f"sites: {len(fed.site_ids)} enrolled, {len(fed.site_ids)} online" in status.stdout
+    assert re.search(rf"{run_id}\s+finished:completed", status.stdout), status.stdout
+    # An earlier run's results.json and MLflow run, rebuilt from the coordinator alone.
+    rebuilt = fed.run_cli("results", str(run_id), "--out", str(fed.tmp / "again"),
+                          "--state", str(fed.state))  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    r = json.loads((fed.tmp / "again" / "results.json").read_text())
+    assert r["analyses"] == d["analyses"] and r["sites"] == d["sites"]
+    assert r["plan_sha256"] == d["plan_sha256"] and r["mlflow_run_id"]
 
 
 @pytest.mark.slow
 def test_coordinator_restart_keeps_finished_run(fed: Federation) -> None:
-    if "run_id" not in fed.state:
-        pytest.skip("needs the finished run of test_deployed_run_equals_simulation")
+    _ensure_sites(fed)
+    plan = fed.plan("restart", ONE_ROUND_PLAN.format(study="R", min_sites=0, round_timeout=60))
+    done = _run(fed, plan, "before-restart", "--no-tracking")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = int(re.search(r"run (\d+) submitted", done.stderr).group(1))  # type: ignore[union-attr]
+    before = json.loads((fed.tmp / "before-restart" / "results.json").read_text())
     assert fed.coordinator is not None
-    fed.coordinator.stop(signal.SIGTERM)
+    old = fed.coordinator
+    old.stop(signal.SIGTERM)
+    assert old.popen.returncode == 0, tail(old.log)
+    assert "coordinator stopped (SIGTERM received" in old.text()
     fed.start_coordinator()
-    run_id = fed.state["run_id"]
     assert fed.control.status(run_id).status == "finished:completed"
     outcome = decode_log(fed.control.log(run_id)).outcome
     assert outcome is not None
-    for term, row in fed.state["cox"].items():
-        assert outcome.analyses["cox"]["terms"][term]["coef"] == row["coef"]
-    # The sites reconnect by themselves (SuperNodes retry; trialfed retries a refused activation).
-    _wait_for(
-        lambda: fed.online() == 3 and all(fed.activated(i) for i in range(3)),
-        START_TIMEOUT_S,
-        "3 sites back after the coordinator restart",
-        fed.logs(),
-    )
+    assert outcome.sites == before["sites"]
+    # The sites reconnect by themselves (their SuperNodes retry).
+    wait_for(lambda: fed.online() == len(fed.bundles), START_TIMEOUT_S,
+             "the sites back after the coordinator restart", fed.logs())  # fmt: skip
 
 
 def _run_with_kill(fed: Federation, plan: Path, victim: int) -> Outcome | Exception:
@@ -467,30 +362,37 @@ def _run_with_kill(fed: Federation, plan: Path, victim: int) -> Outcome | Except
 
     try:
         return run_deployed(
-            load_plan(plan), fed.address, fed.ca, progress, home=fed.tmp / "cli", timeout=200
-        )
+            load_plan(plan), fed.control_address, fed.ca, progress, home=fed.tmp / "cli",
+            timeout=200, roster=Roster(fed.state),
+        )  # fmt: skip
     except (RunFailed, UserError) as exc:
         return exc
     finally:
-        assert killed.is_set(), "\n".join(_tail(p) for p in fed.logs())
+        assert killed.is_set(), "\n".join(tail(p) for p in fed.logs())
 
 
 @pytest.mark.slow
-def test_site_lost_mid_run_is_named_missing(fed: Federation) -> None:
-    _wait_for(lambda: fed.online() == 3, START_TIMEOUT_S, "3 sites online", fed.logs())
-    result = _run_with_kill(fed, fed.plan("drop2", min_sites=2, round_timeout=30), victim=2)
-    assert isinstance(result, Outcome), f"{result}\n" + "\n".join(_tail(p) for p in fed.logs())
+def test_site_lost_mid_run_is_named_missing_and_rejoins_at_once(fed: Federation) -> None:
+    _ensure_sites(fed)
+    result = _run_with_kill(fed, fed.plan("drop2", PLAN.format(min_sites=2, round_timeout=10)), 2)
+    assert isinstance(result, Outcome), f"{result}\n" + "\n".join(tail(p) for p in fed.logs())
     assert [m["id"] for m in result.sites_missing] == [fed.site_ids[2]]
     assert sorted(s["id"] for s in result.sites) == sorted(fed.site_ids[:2])
     assert "cox" in result.analyses
-    fed.start_site(2)  # the restarted site rejoins (after Flower forgets the killed one)
+    # Killed hard, the site still counts as online at the coordinator (up to 60 s); restarted,
+    # it ends that connection with its own key and is back in seconds, in one line.
+    started = time.monotonic()
+    proc = fed.start_site(2)
+    fed.wait_sites([2], timeout=45)
+    text = proc.text()
+    assert time.monotonic() - started < 30, text[-3000:]
+    assert "Exit Code: 305" not in text, text[-3000:]
 
 
 @pytest.mark.slow
 def test_site_lost_below_min_sites_fails_naming_it(fed: Federation) -> None:
-    _wait_for(lambda: fed.activated(2) and fed.online() == 3, START_TIMEOUT_S,
-              "the restarted site rejoined", fed.logs())  # fmt: skip
-    result = _run_with_kill(fed, fed.plan("drop3", min_sites=3, round_timeout=30), victim=1)
+    _ensure_sites(fed)
+    result = _run_with_kill(fed, fed.plan("drop3", PLAN.format(min_sites=3, round_timeout=10)), 1)
     assert isinstance(result, RunFailed), result
     assert fed.site_ids[1] in str(result) and "needs 3" in str(result)
 
@@ -498,7 +400,7 @@ def test_site_lost_below_min_sites_fails_naming_it(fed: Federation) -> None:
 @pytest.mark.slow
 def test_unenrolled_keyless_and_plaintext_nodes_are_refused(fed: Federation) -> None:
     stranger = create_site_keys(fed.tmp / "stranger")[0]
-    unenrolled = fed.start_site(0, key=stranger, retry_s=0)
+    unenrolled = fed.start_site(0, key=stranger, retry_s=0, home=fed.tmp / "stranger-home")
     supernode = str(Path(sys.executable).parent / "flower-supernode")
     bundle = f"bundle='{fed.bundles[0]}'"
     keyless = fed.spawn("keyless", [supernode, "--superlink", fed.address, "--root-certificates",
@@ -509,38 +411,178 @@ def test_unenrolled_keyless_and_plaintext_nodes_are_refused(fed: Federation) -> 
                       "--max-retries", "2"])  # fmt: skip
     fed.extra += [keyless, plain]
     procs = [unenrolled, keyless, plain]
-    _wait_for(lambda: not any(p.alive() for p in procs), 60, "refused nodes to exit",
-              [p.log for p in procs])  # fmt: skip
+    wait_for(lambda: not any(p.alive() for p in procs), 60, "refused nodes to exit",
+             [p.log for p in procs])  # fmt: skip
     for proc in procs:
-        assert proc.popen.returncode != 0, _tail(proc.log)
-    text = unenrolled.log.read_text(errors="replace")
-    assert "refused" in text or "Failed to activate" in text, _tail(unenrolled.log)
+        assert proc.popen.returncode != 0, tail(proc.log)
+    text = unenrolled.text()
+    assert "not enrolled" in text and text.count("Exit Code: 305") == 0, tail(unenrolled.log)
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(f"http://{fed.address}/", timeout=5)  # noqa: S310
 
 
+def _listening(pids: set[int]) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) that processes in ``pids`` listen on."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = str(Path(fd).readlink())
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:
+                found.append(cols[1])
+    return found
+
+
+LOOPBACK = ("0100007F:", "00000000000000000000000001000000:")
+
+
 @pytest.mark.slow
 def test_sites_listen_on_loopback_only(fed: Federation) -> None:
-    def listening(pids: set[int]) -> list[str]:
-        inodes: set[str] = set()
-        for pid in pids:
-            for fd in Path(f"/proc/{pid}/fd").glob("*"):
-                try:
-                    target = os.readlink(fd)
-                except OSError:
-                    continue
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        found = []
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cols = line.split()
-                if cols[3] == "0A" and cols[9] in inodes:
-                    found.append(cols[1])
-        return found
-
+    _ensure_sites(fed)
     site = fed.sites[0]
-    addresses = listening({site.popen.pid, *_children(site.popen.pid)})
-    assert addresses, _tail(site.log)
-    loopback = ("0100007F:", "00000000000000000000000001000000:")
-    assert all(a.startswith(loopback) for a in addresses), addresses
+    addresses = _listening(site.tree())
+    assert addresses, tail(site.log)
+    assert all(a.startswith(LOOPBACK) for a in addresses), addresses
+
+
+@pytest.mark.slow
+def test_a_site_reaches_no_control_api(fed: Federation) -> None:
+    """From a site's side (the public port, the CA certificate and a site key), submitting a
+    run and enrolling a key are refused; the SuperLink itself listens on 127.0.0.1 only."""
+    _ensure_sites(fed)
+    assert fed.coordinator is not None
+    superlink = [p for p in fed.coordinator.tree() if "flower-superlink" in _cmdline(p)]
+    assert superlink and all(a.startswith(LOOPBACK) for a in _listening(set(superlink)))
+    plan = fed.plan("intruder", ONE_ROUND_PLAN.format(study="X", min_sites=0, round_timeout=30))
+    env = {**fed.env, "TRIALFED_STATE": str(fed.tmp / "no-state")}  # no roster on a site
+    run = fed.run_cli("run", str(plan), "--coordinator", fed.address, "--ca", str(fed.ca),
+                      "--out", str(fed.tmp / "intruder"), "--no-tracking", env=env)  # fmt: skip
+    assert run.returncode == 1 and "403" in run.stderr, run.stderr[-2000:]
+    assert "the Control API listens on 127.0.0.1" in run.stderr
+    site_side = Control(fed.address, fed.ca, home=fed.tmp / "site-cli")
+    newcomer = create_site_keys(fed.tmp / "newcomer")[1]
+    with pytest.raises(RunFailed, match="403"):
+        site_side.register(newcomer)
+    before = {n["node-id"] for n in fed.control.nodes()}
+    request = urllib.request.Request(  # noqa: S310
+        f"https://{fed.address}/v1/control/start-run", data=b"", method="POST"
+    )
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(fed.ca))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10, context=context)  # noqa: S310
+    refused.value.close()
+    assert refused.value.code == 403
+    assert {n["node-id"] for n in fed.control.nodes()} == before
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _submit(fed: Federation, app: Path, plan: Path) -> Outcome | Exception:
+    control = fed.control
+    text = load_plan(plan).text
+    overrides = {"plan-toml": text, "expected-sites": 3, "round-timeout": 30.0, "min-sites": 0}
+    run_id = control.start(app, overrides, fed.tmp)
+    try:
+        return _conclude(control, run_id, _wait(control, run_id, lambda _m: None,
+                                               time.monotonic() + 180, 180))  # fmt: skip
+    except (RunFailed, UserError) as exc:
+        return exc
+
+
+@pytest.mark.slow
+def test_tampered_app_bundle_is_refused_unless_approved(fed: Federation) -> None:
+    _ensure_sites(fed)
+    app = app_dir(fed.tmp / "tampered")
+    handler = app / "federation" / "client_app.py"
+    handler.write_text(handler.read_text() + "\n# a coordinator's modified site handler\n")
+    plan = fed.plan("tamper", ONE_ROUND_PLAN.format(study="T", min_sites=0, round_timeout=30))
+    audit = fed.bundles[0] / ".trialfed" / "audit.jsonl"
+    entries = len(audit.read_text().splitlines()) if audit.exists() else 0
+    refused = _submit(fed, app, plan)
+    assert isinstance(refused, UserError), refused
+    assert "refuses the run" in str(refused) and "federation/client_app.py" in str(refused)
+    digest = re.search(r"sha256 ([0-9a-f]{64})", str(refused)).group(1)  # type: ignore[union-attr]
+    log = audit.read_text().splitlines()
+    assert len(log) > entries and json.loads(log[-1])["outcome"] == "refused"
+    # Each site approves this bundle by hash: it is answered, by the sites' installed code.
+    originals = {b: (b / "site.toml").read_text() for b in fed.bundles}
+    try:
+        for bundle, text in originals.items():
+            (bundle / "site.toml").write_text(
+                text.replace("[site]", f'[policy]\napproved_apps = ["{digest}"]\n\n[site]', 1)
+                if "[policy]" not in text
+                else text.replace("[policy]", f'[policy]\napproved_apps = ["{digest}"]', 1)
+            )
+        answered = _submit(fed, app, plan)
+        assert isinstance(answered, Outcome), answered
+        assert sorted(s["id"] for s in answered.sites) == sorted(fed.site_ids)
+    finally:
+        for bundle, text in originals.items():
+            (bundle / "site.toml").write_text(text)
+
+
+@pytest.mark.slow
+def test_revoked_site_stops_with_one_clear_line(fed: Federation) -> None:
+    _ensure_sites(fed)
+    victim = fed.sites[2]
+    revoke = fed.run_cli("coordinator", "revoke", fed.site_ids[2], "--state", str(fed.state))
+    assert revoke.returncode == 0, revoke.stderr
+    try:
+        victim.popen.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(tail(victim.log)) from None
+    text = victim.text()
+    assert victim.popen.returncode == 3, text[-3000:]
+    assert "Traceback" not in text and "401 Unauthorized" not in text, text[-3000:]
+    assert text.count("was revoked") == 1
+    assert not alive(victim.seen - {victim.popen.pid})
+    listed = fed.run_cli("coordinator", "sites", "--state", str(fed.state))
+    assert fed.site_ids[2] not in listed.stdout and "2 enrolled" in listed.stdout
+    # Restarted with the revoked key, the site says so at once instead of retrying.
+    again = fed.start_site(2, key=fed.keys[2], retry_s=60)
+    again.popen.wait(timeout=60)
+    assert again.popen.returncode == 3 and "was revoked" in again.text(), tail(again.log)
+
+
+def test_a_run_expects_the_roster_unless_the_plan_names_its_sites(tmp_path: Path) -> None:
+    from analysis.plan import parse_plan
+    from federation.deployment.control import expected_sites
+
+    plan = parse_plan(ONE_ROUND_PLAN.format(study="E", min_sites=0, round_timeout=30), "plan")
+    roster = Roster(tmp_path)
+    with pytest.raises(UserError, match="no site is enrolled"):
+        expected_sites(plan, roster)
+    for i, site in enumerate(["KR01", "JP01"]):
+        roster.add(site, site[:2], create_site_keys(tmp_path / site)[1].read_text(), 100 + i)
+    expected = expected_sites(plan, roster)
+    assert expected.site_ids == ["JP01", "KR01"]
+    assert expected.overrides() == {
+        "expected-site-ids": "JP01,KR01",
+        "roster-nodes": "100=KR01,101=JP01",
+    }
+    assert expected_sites(plan, None).overrides() == {"expected-site-ids": "", "roster-nodes": ""}
+    if hasattr(plan, "sites"):  # the plan's own [study] sites list, where the plan model has it
+        named = parse_plan(
+            ONE_ROUND_PLAN.format(study="E", min_sites=0, round_timeout=30).replace(
+                'title = "deployment test, one round"',
+                'title = "deployment test, one round"\nsites = ["JP01", "XX99"]',
+            ),
+            "plan",
+        )
+        with pytest.raises(UserError, match="XX99, not on the coordinator's roster"):
+            expected_sites(named, roster)

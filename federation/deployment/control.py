@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ import tomli_w
 
 from analysis.errors import UserError
 from analysis.plan import Plan
+from federation.deployment.appcode import app_dir
 from federation.deployment.processes import executable, flower_env, parse_address
+from federation.deployment.roster import Roster
 from federation.protocol import Outcome, Progress, RunFailed
 from federation.runlog import decode_log, progress_line
 
@@ -44,40 +45,6 @@ ROUND_SLACK_S = 20.0  # per round, on top of round_timeout: Flower's 3 s polling
 STATUS_WAIT_S = 30.0
 RECONNECT_PAUSE_S = 3.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-APP_PACKAGES = ("analysis", "sites", "federation", "models")  # what a site runs; never experiments
-APP_FILES = ("pyproject.toml", "README.md", "LICENSE")
-
-
-def app_dir(stage: Path) -> Path:
-    """Stage the Flower app (this repository's packages and pyproject.toml) in ``stage``.
-
-    ``flwr run`` packs a folder into a FAB; packing the source tree itself walks ``.venv`` and
-    everything else in it (16 s on the reference machine) and would ship stray files, so only the
-    Python packages and ``pyproject.toml`` (which has ``[tool.flwr.app]``) are copied.
-    """
-    root = Path(__file__).resolve().parents[2]
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
-        raise UserError(
-            f"{root}: no pyproject.toml with [tool.flwr.app]; deployment runs need trialfed "
-            "installed from its source tree (pip install -e .)"
-        )
-    app = stage / "app"
-    if app.exists():
-        shutil.rmtree(app)
-    app.mkdir(parents=True)
-    for name in APP_FILES:
-        if (root / name).is_file():
-            shutil.copy2(root / name, app / name)
-    for package in APP_PACKAGES:
-        for path in (root / package).rglob("*"):
-            if path.suffix in {".py", ".toml"} and "__pycache__" not in path.parts:
-                target = app / path.relative_to(root)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
-    return app
 
 
 def _parse_json(stdout: str) -> Any:
@@ -165,10 +132,14 @@ class Control:
             data = None
         if done.returncode != 0 or not isinstance(data, dict) or not data.get("success", False):
             detail = data.get("error-message") if isinstance(data, dict) else None
-            raise RunFailed(
-                f"{what} failed at {self.coordinator}: "
-                f"{detail or _tail(done.stdout + done.stderr, 12) or f'exit {done.returncode}'}"
-            )
+            text = detail or _tail(done.stdout + done.stderr, 12) or f"exit {done.returncode}"
+            if "403 Forbidden" in text:
+                text += (
+                    f"\n{self.coordinator} is the sites' port: the Control API listens on "
+                    "127.0.0.1 at the coordinator (its --control-port), reach it there or "
+                    "through an SSH tunnel"
+                )
+            raise RunFailed(f"{what} failed at {self.coordinator}: {text}")
         return data
 
     def register(self, public_key: Path, name: str | None = None) -> int:
@@ -179,10 +150,18 @@ class Control:
         data = self._json(args, "enrolling the site key")
         return int(data["node-id"])
 
+    def unregister(self, node_id: int) -> None:
+        """Remove a SuperNode: its key is refused from its next request on."""
+        self._json(["supernode", "unregister", str(node_id), CONNECTION], "revoking the site")
+
     def nodes(self) -> list[dict[str, Any]]:
         """Registered SuperNodes with their status (``registered``, ``online``, ``offline``)."""
         data = self._json(["supernode", "ls", CONNECTION], "listing the sites")
         return list(data.get("nodes", []))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run the coordinator knows, as ``flwr ls --format json`` lists them."""
+        return list(self._json(["ls", CONNECTION], "listing the runs").get("runs", []))
 
     def start(self, app: Path, overrides: dict[str, Any], workdir: Path) -> int:
         """Submit ``app`` with run-config ``overrides``; returns the run id."""
@@ -260,11 +239,62 @@ def run_budget(plan: Plan) -> float:
     return CONNECT_SLACK_S + rounds * (plan.run.round_timeout + ROUND_SLACK_S)
 
 
-def _online_sites(control: Control) -> int:
+@dataclass(frozen=True)
+class Expected:
+    """The sites a run expects (by site id) and the roster's node id -> site id map."""
+
+    site_ids: list[str]
+    nodes: dict[int, str]
+
+    def overrides(self) -> dict[str, str]:
+        """The run config keys that carry them to the ServerApp (empty strings: none)."""
+        return {
+            "expected-site-ids": ",".join(self.site_ids),
+            "roster-nodes": ",".join(f"{n}={s}" for n, s in sorted(self.nodes.items())),
+        }
+
+
+def expected_sites(plan: Plan, roster: Roster | None) -> Expected:
+    """The plan's ``[study] sites``, else the whole roster; checked against the roster.
+
+    Without a roster (a remote submitter) the plan's list, if any, goes to the ServerApp as is.
+    """
+    named = [str(s) for s in (getattr(plan, "sites", None) or [])]
+    if roster is None:
+        return Expected(named, {})
+    enrolled = [s.site_id for s in roster.sites()]
+    unknown = [s for s in named if s not in enrolled]
+    if unknown:
+        raise UserError(
+            f"the plan's [study] sites names {', '.join(unknown)}, not on the coordinator's "
+            f"roster (enrolled: {', '.join(enrolled) or 'none'}); enrol them or fix the plan"
+        )
+    if not named and not enrolled:
+        raise UserError(
+            "no site is enrolled at this coordinator (`trialfed coordinator enroll site.pub "
+            "--site ID --country CC`)"
+        )
+    return Expected(named or enrolled, roster.by_node())
+
+
+def _online(control: Control, expected: Expected, say: Progress) -> int:
+    """Say which expected sites are online; returns how many the ServerApp should wait for."""
     try:
-        return sum(1 for n in control.nodes() if n.get("status") == "online")
-    except RunFailed:
+        online = [int(n["node-id"]) for n in control.nodes() if n.get("status") == "online"]
+    except (RunFailed, KeyError, ValueError):
         return 0
+    if not expected.nodes:
+        say(f"coordinator {control.coordinator}: {len(online)} site(s) online")
+        return len(online)
+    up = sorted(expected.nodes[n] for n in online if n in expected.nodes)
+    wanted = expected.site_ids
+    down = [s for s in wanted if s not in up]
+    say(
+        f"coordinator {control.coordinator}: expected sites {', '.join(wanted)}; online "
+        f"{', '.join(s for s in wanted if s in up) or 'none'}"
+        + (f"; NOT online: {', '.join(down)}" if down else "")
+    )
+    return sum(1 for s in wanted if s in up)
 
 
 def run_deployed(
@@ -275,6 +305,8 @@ def run_deployed(
     *,
     home: Path | None = None,
     timeout: float | None = None,
+    roster: Roster | None = None,
+    on_submit: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run ``plan`` on the federation behind ``coordinator`` and return the protocol outcome.
 
@@ -283,7 +315,7 @@ def run_deployed(
     plan : Plan
         The validated analysis plan; its TOML text travels in the run config.
     coordinator : str
-        ``HOST:PORT`` of the SuperLink.
+        ``HOST:PORT`` of the coordinator's Control API.
     ca : Path
         The coordinator's CA certificate.
     progress : callable, optional
@@ -292,6 +324,11 @@ def run_deployed(
         ``FLWR_HOME`` for the ``flwr`` CLI (default ``$TRIALFED_HOME/cli``).
     timeout : float, optional
         Overall limit in seconds (default :func:`run_budget`); the run is stopped past it.
+    roster : Roster, optional
+        The coordinator's roster: the expected sites (unless the plan names them) and the node
+        id -> site id map travel to the ServerApp; answering sites are recorded in it.
+    on_submit : callable, optional
+        Called with the coordinator's run id once the run is submitted.
 
     Raises
     ------
@@ -303,25 +340,31 @@ def run_deployed(
     """
     say = progress or (lambda _m: None)
     control = Control(coordinator, ca, home)
+    expected = expected_sites(plan, roster)
     budget = timeout if timeout is not None else run_budget(plan)
     deadline = time.monotonic() + budget
-    sites = _online_sites(control)
-    say(f"coordinator {control.coordinator}: {sites} site(s) online")
-    overrides = {
+    overrides: dict[str, Any] = {
         "plan-toml": plan.text,
-        "expected-sites": sites,
+        "expected-sites": _online(control, expected, say),
         "round-timeout": float(plan.run.round_timeout),
         "min-sites": int(plan.run.min_sites),
+        **expected.overrides(),
     }
     workdir = Path(control.env["FLWR_HOME"])
     run_id = control.start(app_dir(workdir), overrides, workdir)
     say(f"run {run_id} submitted to {control.coordinator}")
+    if on_submit is not None:
+        on_submit(run_id)
     try:
         text = _wait(control, run_id, say, deadline, budget)
     except BaseException:
+        say(f"run {run_id}: stopping it at the coordinator")
         control.stop(run_id)
         raise
-    return _conclude(control, run_id, text)
+    outcome = _conclude(control, run_id, text)
+    if roster is not None:
+        roster.record_answers(run_id, list(outcome.sites))
+    return outcome
 
 
 def _wait(control: Control, run_id: int, say: Progress, deadline: float, budget: float) -> str:

@@ -267,3 +267,14 @@ def check_public_key(path: Path) -> None:
         raise UserError(f"{path}: not an OpenSSH public key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise UserError(f"{path}: a site public key must be an elliptic-curve key")
+
+
+def public_line(private_key: Path) -> str:
+    """The OpenSSH public key line of the site key in ``private_key``."""
+    check_site_key(private_key)
+    key = serialization.load_ssh_private_key(private_key.read_bytes(), password=None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode("ascii")
+    )
