@@ -99,6 +99,18 @@ secaggplus_constants``)
     setup configuration (participants, shares, threshold, ranges) before ``secaggplus_mod`` does,
     and the coordinator's stage records name the stage a site dropped out in. Breaks: every
     secure message is refused by the guard (it finds no stage).
+The deployment engine's site runner, stale-connection clean-up and past results
+(:mod:`federation.deployment.flower_site` says, for each, why and what breaks on upgrade):
+``RuntimeHttpClient``, the Runtime API requests (``AcquireTaskRequest``, ``PullTaskInputRequest``,
+``PullAppMessagesRequest``, ``SendTaskHeartbeatRequest``), their interceptors
+(``RuntimeTokenHttpInterceptor``, ``RuntimeVersionHttpInterceptor``,
+``SuperExecAuthHttpInterceptor``), ``push_message``, ``push_task_output``, ``HeartbeatSender``,
+``SubStatus``, ``context_from_proto``, ``fab_from_proto``, ``Node``, the inflatable-object
+pulls (``pull_and_inflate_object_from_tree``, ``make_pull_object_fn_protobuf``,
+``make_confirm_message_received_fn_protobuf``), ``FleetHttpClient``,
+``NodeAuthHttpInterceptor``, ``DeactivateNodeRequest``, ``ControlHttpClient`` and
+``ListRunsRequest``.
+
 ``ErrorCode`` (``flwr.common.constant``)
     The code of the error reply a site sends when it refuses to take part in a secure sum.
 """
@@ -126,12 +138,27 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode, SubStatus
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
 from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
-from flwr.common.serde import message_from_proto, message_to_proto, recorddict_to_proto
+from flwr.common.serde import (
+    context_from_proto,
+    fab_from_proto,
+    message_from_proto,
+    message_to_proto,
+    recorddict_to_proto,
+)
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=E0611
+from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611  # pylint: disable=E0611
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    SendTaskHeartbeatRequest,
+)
 from flwr.server import ClientManager, LegacyContext
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -147,14 +174,53 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import ServerApp
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
+from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.date import now
+from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
+from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
+from flwr.supernode.fleet_http_client import FleetHttpClient
+from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 __all__ = [
+    "SubStatus",
+    "context_from_proto",
+    "fab_from_proto",
+    "ListRunsRequest",
+    "DeactivateNodeRequest",
+    "Node",
+    "AcquireTaskRequest",
+    "PullAppMessagesRequest",
+    "PullTaskInputRequest",
+    "SendTaskHeartbeatRequest",
+    "ControlHttpClient",
+    "HeartbeatSender",
+    "make_confirm_message_received_fn_protobuf",
+    "make_pull_object_fn_protobuf",
+    "pull_and_inflate_object_from_tree",
+    "RuntimeTokenHttpInterceptor",
+    "RuntimeVersionHttpInterceptor",
+    "SuperExecAuthHttpInterceptor",
+    "RuntimeHttpClient",
+    "FleetHttpClient",
+    "NodeAuthHttpInterceptor",
+    "push_message",
+    "push_task_output",
     "FLWR_IN_MEMORY_DB_NAME",
     "MAIN_CONFIGS_RECORD",
     "MAIN_PARAMS_RECORD",

@@ -4,9 +4,10 @@ Flower's public surface (the ``flwr`` CLI, ``flower-superlink``, ``flower-supern
 ``flwr.app``, ``flwr.clientapp``) has no way to (a) answer a SuperNode's tasks with a
 long-lived process of the site's own choosing, (b) tell the coordinator that a site's previous,
 hard-killed connection is gone, or (c) read a finished run's run config back. Each need below
-names the internal it takes, why, and what breaks when Flower changes it. Every internal
-import is in this module; ``tests/test_deployment_runner.py`` exercises each one against real
-Flower processes, so an upgrade that breaks one fails there first.
+names the internal it takes, why, and what breaks when Flower changes it. The names are
+imported through :mod:`federation.flower_internals` (every private Flower name is there);
+``tests/test_deployment_runner.py`` exercises each one against real Flower processes, so an
+upgrade that breaks one fails there first.
 
 Runtime API of the SuperNode (site runner, ``--isolation process``):
 
@@ -73,35 +74,35 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Context, Error, Message
-from flwr.common.constant import ErrorCode, SubStatus
-from flwr.common.serde import context_from_proto, fab_from_proto
-from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=E0611
-from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
-from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
-from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611  # pylint: disable=E0611
+
+from federation.flower_internals import (
     AcquireTaskRequest,
+    ControlHttpClient,
+    DeactivateNodeRequest,
+    ErrorCode,
+    FleetHttpClient,
+    HeartbeatSender,
+    ListRunsRequest,
+    Node,
+    NodeAuthHttpInterceptor,
     PullAppMessagesRequest,
     PullTaskInputRequest,
-    SendTaskHeartbeatRequest,
-)
-from flwr.supercore.constant import TaskType
-from flwr.supercore.control import ControlHttpClient
-from flwr.supercore.heartbeat import HeartbeatSender
-from flwr.supercore.inflatable.inflatable_protobuf_utils import (
-    make_confirm_message_received_fn_protobuf,
-    make_pull_object_fn_protobuf,
-)
-from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-from flwr.supercore.interceptors import (
+    RuntimeHttpClient,
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
+    SendTaskHeartbeatRequest,
+    SubStatus,
     SuperExecAuthHttpInterceptor,
+    TaskIdentity,
+    TaskType,
+    context_from_proto,
+    fab_from_proto,
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+    pull_and_inflate_object_from_tree,
+    push_message,
+    push_task_output,
 )
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.supernode.fleet_http_client import FleetHttpClient
-from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
-from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 COMPONENT = "flwr-clientapp"  # the SuperNode checks the version of this component
