@@ -9,23 +9,15 @@ MLflow run is created unless a FINISHED one tagged with this deployed run
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from experiments.deploy import find_target
+from experiments.launch import DEPLOYMENT_TAG, deployment_run_tag
 from federation.deployment.control import Control
 from federation.protocol import RunFailed
 from federation.runlog import decode_log
-
-DEPLOYMENT_TAG = "trialfed.deployment_run"
-
-
-def deployment_run_tag(ca: Path, run_id: int) -> str:
-    """The MLflow tag value naming a deployed run: the federation's CA fingerprint + run id."""
-    digest = hashlib.sha256(ca.read_bytes()).hexdigest()[:16]
-    return f"{digest}/{run_id}"
 
 
 def _existing_mlflow_run(study_id: str, tag: str) -> str | None:

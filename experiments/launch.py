@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,7 @@ def execute(
     coordinator: str | None,
     ca: Path | None,
     backend: str = "process",
+    on_submit: Callable[[int], None] | None = None,
 ) -> Any:
     """Run the plan on the chosen engine and return the protocol outcome.
 
@@ -125,7 +128,29 @@ def execute(
         return run_simulated(plan, sites, progress=_progress, backend=backend, wait=False)
     from experiments.deploy import run_deployed
 
-    return run_deployed(plan, coordinator or "", ca, progress=_progress)
+    return run_deployed(plan, coordinator or "", ca, progress=_progress, on_submit=on_submit)
+
+
+DEPLOYMENT_TAG = "trialfed.deployment_run"
+
+
+def deployment_run_tag(ca: Path, run_id: int) -> str:
+    """The MLflow tag value naming a deployed run: the federation's CA fingerprint + run id."""
+    digest = hashlib.sha256(ca.read_bytes()).hexdigest()[:16]
+    return f"{digest}/{run_id}"
+
+
+def _tagger(run: Any, ca: Path | None) -> Callable[[int], None] | None:
+    """Tags the MLflow run with the deployed run it tracks, so that ``trialfed results`` finds
+    it again instead of creating another."""
+    if ca is None:
+        return None
+    authority = ca
+
+    def tag(run_id: int) -> None:
+        run.tag(DEPLOYMENT_TAG, deployment_run_tag(authority, run_id))
+
+    return tag
 
 
 def _engine_stopped(simulated: bool) -> None:
@@ -175,7 +200,9 @@ def main_run(args: argparse.Namespace) -> int:
             plan_name=Path(args.plan).stem,
             languages=languages,
         ) as run:
-            outcome = execute(plan, sites, args.coordinator, args.ca, backend)
+            outcome = execute(
+                plan, sites, args.coordinator, args.ca, backend, _tagger(run, args.ca)
+            )
             seconds = time.perf_counter() - start
             results = build_results(plan, outcome, engine, seconds, synthetic=synthetic)
             run.complete(results, out_dir)

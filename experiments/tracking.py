@@ -259,6 +259,11 @@ class TrackedRun:
         self._client.set_terminated(run_id, "FINISHED")
         self._open.remove(run_id)
 
+    def tag(self, key: str, value: str) -> None:
+        """Set a tag on the parent run (nothing when tracking is off)."""
+        if self._client is not None and self.run_id is not None:
+            self._client.set_tag(self.run_id, key, value)
+
     def _terminate(self, status: str) -> None:
         """End every open run (children first) with ``status``; never raises."""
         self.finished = True

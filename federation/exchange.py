@@ -65,12 +65,14 @@ class Exchange:
         nodes: list[int],
         progress: Callable[[str], None],
         expected: list[str],
+        node_sites: Mapping[int, str] | None = None,
     ) -> None:
         self.plan = plan
         self.transport = transport
         self.nodes = nodes
         self.progress = progress
         self.expected = expected
+        self.node_sites = dict(node_sites or {})  # the roster: which site each node enrolled as
         self.rounds = 0
         self.round_seconds: list[float] = []
         self.info: dict[str, dict[str, Any]] = {}
@@ -115,6 +117,18 @@ class Exchange:
 
     def _identify(self, node: int, info: Mapping[str, Any]) -> str | None:
         site = str(info["id"])
+        enrolled = self.node_sites.get(node)
+        if self.node_sites and enrolled != site:  # a site may not answer as another
+            what = (
+                f"node {node} enrolled as {enrolled}"
+                if enrolled
+                else f"node {node} is not enrolled"
+            )
+            self.rejected.setdefault(
+                f"{site} (claimed)", f"{what} but answered as {site}: its answers were not pooled"
+            )
+            self.progress(f"round {self.rounds}: {what} but answered as {site}; not pooled")
+            return None
         if node not in self.site_of:
             if site in self.site_of.values():
                 raise UserError(f"two or more sites report the same site id: {site}")
@@ -200,7 +214,9 @@ class Exchange:
         """What results.json says about a site."""
         info = self.info.get(site, {"id": site})
         out: dict[str, Any] = {
-            k: info[k] for k in ("id", "name", "country", "n", "policy", "synthetic") if k in info
+            k: info[k]
+            for k in ("id", "name", "country", "n", "policy", "synthetic", "version")
+            if k in info
         }
         out["events"] = {p: v["events"] for p, v in info.get("params", {}).items()}
         out["params"] = dict(info.get("params", {}))

@@ -82,6 +82,7 @@ def run_plan(
     transport: Transport,
     progress: Progress | None = None,
     expected_sites: Sequence[str] | None = None,
+    node_sites: Mapping[int, str] | None = None,
 ) -> Outcome:
     """Run every analysis of ``plan`` over the sites behind ``transport``.
 
@@ -94,6 +95,8 @@ def run_plan(
     expected_sites : sequence of str, optional
         The roster of a deployment: the site ids expected when the plan names none. A site
         that is not expected is never pooled; one that does not answer is missing.
+    node_sites : mapping of int to str, optional
+        The roster's node id -> site id: a node answering as another site is never pooled.
     """
     if plan.run.secure_aggregation:  # federation.secure_protocol.run_secure runs those
         raise UserError(
@@ -107,7 +110,7 @@ def run_plan(
     if not nodes:
         raise RunFailed("no site is connected")
     expected = list(plan.sites or expected_sites or [])
-    link = Exchange(plan, transport, nodes, say, expected)
+    link = Exchange(plan, transport, nodes, say, expected, node_sites)
     replies = link.send({node: request(plan, 1, {}) for node in nodes})
     link.check_quorum()
     sites = link.live_sites()

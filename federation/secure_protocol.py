@@ -109,6 +109,7 @@ def run_secure(
     transport: Any,
     progress: Progress | None = None,
     expected_sites: Sequence[str] | None = None,
+    node_sites: Mapping[int, str] | None = None,
 ) -> Outcome:
     """Run ``plan`` with secure aggregation over the sites behind ``transport`` (which must have
     ``secure_sum``: :class:`federation.secure.SecureGridTransport`)."""
@@ -117,7 +118,8 @@ def run_secure(
     nodes = sorted(transport.nodes())
     if not nodes:
         raise RunFailed("no site is connected")
-    link = SecureExchange(plan, transport, nodes, say, list(plan.sites or expected_sites or []))
+    expected = list(plan.sites or expected_sites or [])
+    link = SecureExchange(plan, transport, nodes, say, expected, node_sites)
     replies = link.send({node: request(plan, 1, {}) for node in nodes})
     link.check_quorum()
     sites = link.live_sites()

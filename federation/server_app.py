@@ -9,6 +9,8 @@ Simulation: :func:`make_server_app` is given the validated plan and a list to pu
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -16,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from analysis.kinds import REGISTRY
 from analysis.plan import Plan, parse_plan
+from federation.deployment.state import ROSTER_ENV
 from federation.protocol import run_plan
 from federation.runlog import emit_failure, emit_outcome, emit_progress
 from federation.secure import SecureGridTransport
@@ -43,6 +46,28 @@ def train(plan: Plan, grid: Grid, outcome: Any, progress: Any) -> None:
         outcome.analyses[spec.name] = result.to_dict()
 
 
+def roster(context: Context) -> tuple[list[str], dict[int, str]]:
+    """The sites a deployed run expects and the node id each enrolled as: the run config's
+    ``expected-site-ids`` and ``roster-nodes`` (``NODE=SITE,...``), else the coordinator's roster
+    file (``TRIALFED_ROSTER``, set by ``trialfed coordinator start``), so a run submitted from
+    elsewhere is held to the roster too. Empty in the simulation engine."""
+    config = context.run_config
+    sites = [s.strip() for s in str(config.get("expected-site-ids", "")).split(",") if s.strip()]
+    nodes: dict[int, str] = {}
+    for pair in str(config.get("roster-nodes", "")).split(","):
+        if "=" in pair:
+            node, site = pair.split("=", 1)
+            nodes[int(node)] = site.strip()
+    path = os.environ.get(ROSTER_ENV)
+    if not sites and not nodes and path and Path(path).is_file():
+        from federation.deployment.roster import Roster
+
+        enrolled = Roster(Path(path).parent).sites()
+        sites = [s.site_id for s in enrolled]
+        nodes = {s.node_id: s.site_id for s in enrolled if s.node_id}
+    return sites, nodes
+
+
 def make_server_app(
     plan: Plan | None = None, expected_nodes: int = 0, sink: list[Any] | None = None
 ) -> ServerApp:
@@ -56,10 +81,11 @@ def make_server_app(
             current = plan or parse_plan(str(context.run_config["plan-toml"]), "run config")
             expected = expected_nodes or int(context.run_config.get("expected-sites", 0))
             transport = SecureGridTransport(grid, expected_nodes=expected)
-            roster = str(context.run_config.get("expected-site-ids", ""))
-            sites = [s.strip() for s in roster.split(",") if s.strip()]
+            sites, nodes = roster(context)
             runner = run_secure if current.run.secure_aggregation else run_plan
-            outcome: Any = runner(current, transport, progress=progress, expected_sites=sites)
+            outcome: Any = runner(
+                current, transport, progress=progress, expected_sites=sites, node_sites=nodes
+            )
             train(current, grid, outcome, progress)
         except Exception as exc:  # handed to the launcher, which reports it
             if sink is None:

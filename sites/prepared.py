@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -222,7 +223,16 @@ def site_info(bundle: SiteBundle) -> dict[str, Any]:
         "params": params,
         "policy": bundle.rules.public(),
         "data_cutoff": data_cutoff(bundle),
+        "version": trialfed_version(),
     }
+
+
+def trialfed_version() -> str:
+    """The site's installed trialfed (the coordinator's status view shows it)."""
+    try:
+        return metadata.version("trialfed")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def endpoint_labels(bundle: SiteBundle, param: str) -> dict[str, str]:

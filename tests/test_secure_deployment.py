@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,27 +21,37 @@ from analysis.base import json_safe
 from analysis.plan import parse_plan
 from federation.inprocess import InProcessTransport
 from federation.protocol import run_plan
+from tests.deployment_fed import Federation, build_federation, start_federation, tail
 from tests.secure_helpers import compare, secure, set_policy
 from tests.test_deployment import PLAN as DEPLOY_PLAN
-from tests.test_deployment import Federation, _run_cli, _tail, fed  # noqa: F401 - fixture
 
 PLAN = DEPLOY_PLAN[: DEPLOY_PLAN.index('[[analysis]]\nname = "cox"')]
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    federation = build_federation(tmp_path_factory.mktemp("secure-deploy"))
+    try:
+        yield start_federation(federation)
+    finally:
+        federation.stop_all()
+
+
 def test_deployed_secure_run_equals_the_simulation_and_the_plain_exact_run(
-    fed: Federation,  # noqa: F811 - the fixture imported above
+    fed: Federation,
 ) -> None:
     text = secure(PLAN.format(min_sites=0, round_timeout=60))
     plan = fed.tmp / "secure.toml"
     plan.write_text(text)
-    dep = _run_cli(fed, "run", str(plan), "--coordinator", fed.address, "--ca", str(fed.ca),
-                   "--out", str(fed.tmp / "secure-dep"), "--no-tracking")  # fmt: skip
-    logs = "\n".join(_tail(p) for p in fed.logs())
+    out = str(fed.tmp / "secure-dep")
+    dep = fed.run_cli("run", str(plan), "--coordinator", fed.control_address, "--ca",
+                      str(fed.ca), "--out", out, "--no-tracking")  # fmt: skip
+    logs = "\n".join(tail(p) for p in fed.logs())
     assert dep.returncode == 0, f"{dep.stderr[-4000:]}\n{logs}"
-    sim = _run_cli(fed, "run", str(plan), "--sites", *map(str, fed.bundles),
-                   "--out", str(fed.tmp / "secure-sim"), "--no-tracking")  # fmt: skip
+    sim = fed.run_cli("run", str(plan), "--sites", *map(str, fed.bundles),
+                      "--out", str(fed.tmp / "secure-sim"), "--no-tracking")  # fmt: skip
     assert sim.returncode == 0, sim.stderr[-4000:]
     d = json.loads((fed.tmp / "secure-dep" / "results.json").read_text())
     s = json.loads((fed.tmp / "secure-sim" / "results.json").read_text())

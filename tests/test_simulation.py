@@ -106,7 +106,7 @@ def test_simulation_run_equals_in_process_protocol(cdisc_dir: Path, tmp_path: Pa
     done = _run_plan(bundles, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    assert "[cox] Cox proportional hazards model of TTDE" in done.stdout
+    assert "[cox] Cox proportional hazards model of Time to First Dermatologic Event" in done.stdout
     assert "Primary result: Hazard ratio, Xanomeline High Dose vs Placebo" in done.stdout
     assert _engine_processes() <= before, "the simulation engine left processes behind"
 

@@ -33,13 +33,13 @@ from federation.deployment.processes import (
 )
 from federation.deployment.state import (
     DATABASE,
+    ROSTER_ENV,
     ROSTER_FILE,
     CoordinatorInfo,
     StateLock,
 )
 
 READY_TIMEOUT_S = 60.0
-ROSTER_ENV = "TRIALFED_ROSTER"
 """Set in the SuperLink's environment (inherited by its ServerApp processes): the roster file,
 so the ServerApp can hold every run to the coordinator's roster, whoever submitted it."""
 

@@ -32,6 +32,8 @@ LOCK_FILE = "coordinator.lock"
 INFO_FILE = "coordinator.json"
 DATABASE = "superlink.db"
 ROSTER_FILE = "roster.json"
+ROSTER_ENV = "TRIALFED_ROSTER"
+"""Environment variable naming the roster file to the coordinator's ServerApp processes."""
 
 
 def data_home() -> Path:
