@@ -586,3 +586,43 @@ def test_a_run_expects_the_roster_unless_the_plan_names_its_sites(tmp_path: Path
         )
         with pytest.raises(UserError, match="XX99, not on the coordinator's roster"):
             expected_sites(named, roster)
+
+
+TRAIN_PLAN = """
+[study]
+id = "DEPLOY-TRAIN"
+
+[run]
+round_timeout = 60
+
+[[analysis]]
+name = "risk"
+kind = "train"
+param = "OS"
+model = "cox-linear"
+features = ["AGE", "SEX", "TRT01P"]
+strategy = "fedavg"
+rounds = 2
+lr = 0.5
+seed = 1
+test_fraction = 0.25
+"""
+
+
+@pytest.mark.slow
+def test_a_train_analysis_deployed_equals_the_simulation(fed: Federation) -> None:
+    """Flower's strategy over the deployed sites (their own installed code answering) trains
+    the model the simulation engine trains, bit for bit."""
+    _ensure_sites(fed)
+    plan = fed.plan("train", TRAIN_PLAN)
+    dep = _run(fed, plan, "train-dep", "--no-tracking")
+    logs = "\n".join(tail(p) for p in fed.logs())
+    assert dep.returncode == 0, f"{dep.stderr[-4000:]}\n{logs}"
+    sim = fed.run_cli("run", str(plan), "--sites", *map(str, fed.bundles),
+                      "--out", str(fed.tmp / "train-sim"), "--no-tracking")  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-4000:]
+    d = json.loads((fed.tmp / "train-dep" / "results.json").read_text())["analyses"]["risk"]
+    s = json.loads((fed.tmp / "train-sim" / "results.json").read_text())["analyses"]["risk"]
+    assert sorted(d["sites"]) == sorted(fed.site_ids)
+    assert d["state"] == s["state"] and len(d["history"]) == 2
+    assert d["final"]["combined"] == s["final"]["combined"]
