@@ -24,7 +24,9 @@ from experiments.plan import load_plan
 from experiments.synth import generate_trial, write_trial
 from federation.inprocess import InProcessTransport
 from federation.protocol import run_plan
+from federation.secure_protocol import run_secure
 from tests.browser import ARTIFACTS, find_chromium, run_chromium
+from tests.secure_helpers import ClearSumTransport
 from tests.test_plots_report import page_text
 
 pytestmark = pytest.mark.slow
@@ -51,7 +53,11 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
         write_trial(generate_trial(design, 3000, 6, 20261128), root, "csv")
         bundles = sorted((root / "sites").iterdir())
         plan = load_plan(REPO / "experiments" / "plans" / f"demo_{design}.toml")
-        outcome = run_plan(plan, InProcessTransport(bundles))
+        # the plan as `make demo` runs it: secure aggregation where it asks for it (the sites'
+        # vectors summed in the clear here; the engines sum them with SecAgg+)
+        runner = run_secure if plan.run.secure_aggregation else run_plan
+        transport = ClearSumTransport(bundles) if plan.run.secure_aggregation else None
+        outcome = runner(plan, transport or InProcessTransport(bundles))
         synthetic = synthetic_bundles(bundles)
         results = build_results(plan, outcome, "in-process", 0.0, synthetic=synthetic)
         write_outputs(
