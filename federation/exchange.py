@@ -15,8 +15,9 @@ from typing import Any
 from analysis.errors import UserError
 from analysis.plan import Plan
 
-# Whole-request refusals that mean the data or the plan is wrong: the run stops (exit status 2).
-USER_ERROR_RULES = frozenset({"data", "plan", "request", "error"})
+# Whole-request refusals that mean the data, the plan or the app the coordinator shipped is
+# wrong: the run stops (exit status 2).
+USER_ERROR_RULES = frozenset({"data", "plan", "request", "error", "approved_apps"})
 
 
 class SiteFailure(Exception):
