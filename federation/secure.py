@@ -60,7 +60,7 @@ from federation.flower_internals import (
     WorkflowKey,
     parameters_to_ndarrays,
 )
-from federation.transport import GridTransport
+from federation.transport import GridTransport, send_and_receive
 
 REQUEST_KEY = "trialfed-request"
 """FitIns config key of a secure round's request (JSON text)."""
@@ -203,7 +203,10 @@ class _Round(Strategy):
 
 class _StageGrid(Grid):
     """The coordinator's Grid, observed: every round trip is shown to the observers (stage
-    ``query`` for a plain round), and a secure sum's stages and failures are recorded."""
+    ``query`` for a plain round), and a secure sum's stages and failures are recorded. Its
+    round trips poll for replies as :func:`federation.transport.send_and_receive` does."""
+
+    polls_fast = True  # federation.transport.send_and_receive calls send_and_receive as is
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
@@ -246,14 +249,14 @@ class _StageGrid(Grid):
         sent = list(messages)
         records = sent[0].content.config_records if sent else {}
         if RECORD_KEY_CONFIGS not in records:
-            received = list(self.grid.send_and_receive(sent, timeout=timeout))
+            received = send_and_receive(self.grid, sent, timeout or 0.0)
             for observer in list(_OBSERVERS):
                 observer(StageEvent("query", sent, received))
             return received
         stage = str(records[RECORD_KEY_CONFIGS][SecAggKey.STAGE])
         self.stages.append(stage)
         started = time.monotonic()
-        received = list(self.grid.send_and_receive(sent, timeout=timeout))
+        received = send_and_receive(self.grid, sent, timeout or 0.0)
         waited = time.monotonic() - started
         for observer in list(_OBSERVERS):
             observer(StageEvent(stage, sent, received))

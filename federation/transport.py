@@ -63,6 +63,8 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls, a second and a half per round
     on average; this polls from 50 ms, backing off to 0.5 s (a deployed round is seconds).
     """
+    if getattr(grid, "polls_fast", False):  # a wrapper that observes its round trips
+        return list(grid.send_and_receive(messages, timeout=timeout))
     waiting = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []

@@ -598,7 +598,7 @@ round_timeout = 60
 [[analysis]]
 name = "risk"
 kind = "train"
-param = "OS"
+param = "COVID"
 model = "cox-linear"
 features = ["AGE", "SEX", "TRT01P"]
 strategy = "fedavg"
