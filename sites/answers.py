@@ -68,8 +68,10 @@ class Work:
         """The payload that leaves the site (round 1 also the level sets of the plan's
         categorical variables: level names, not patient data)."""
         info = prepared.site_info(bundle)
-        if self.plan.run.secure_aggregation:  # per-site event counts are sums' business too
-            info["params"] = {p: {"n": None, "events": None} for p in info["params"]}
+        if self.plan.run.secure_aggregation:  # per-site counts are sums' business too
+            info["params"] = {
+                p: {**v, "n": None, "events": None} for p, v in info["params"].items()
+            }
         reply: dict[str, Any] = {
             "site": info,
             "round": self.round,
