@@ -557,6 +557,13 @@ def test_revoked_site_stops_with_one_clear_line(fed: Federation) -> None:
     again = fed.start_site(2, key=fed.keys[2], retry_s=60)
     again.popen.wait(timeout=60)
     assert again.popen.returncode == 3 and "was revoked" in again.text(), tail(again.log)
+    # Rejoining is a new key pair, enrolled (docs/deployment.md): the federation is whole again,
+    # for the tests that follow
+    fed.keys[2] = create_site_keys(fed.tmp / "key2-rejoined")[0]
+    done = fed.enroll(2)
+    assert done.returncode == 0, done.stderr
+    fed.start_site(2)
+    fed.wait_sites([0, 1, 2])
 
 
 def test_a_run_expects_the_roster_unless_the_plan_names_its_sites(tmp_path: Path) -> None:
