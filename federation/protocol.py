@@ -111,17 +111,7 @@ def run_plan(
         raise RunFailed("no site is connected")
     expected = list(plan.sites or expected_sites or [])
     link = Exchange(plan, transport, nodes, say, expected, node_sites)
-    replies = link.send({node: request(plan, 1, {}) for node in nodes})
-    link.check_quorum()
-    sites = link.live_sites()
-    problems = compare_level_sets(
-        {s: replies[s].get("levels", {}) for s in sites}, plan.study_levels
-    )
-    if problems:  # before any analysis: a level outside the study would be a group of its own
-        raise UserError(
-            "the sites' levels disagree with the study's (map them in each site's "
-            "terminology.toml):\n  - " + "\n  - ".join(problems)
-        )
+    replies, sites = open_round(link, plan, nodes)
     context = _context(link, replies, sites)
     countries = sorted({link.info[s]["country"] for s in sites})
     runs = [CoxRun(m) for m in iterated_models(plan, countries)]
@@ -146,6 +136,30 @@ def run_plan(
         for spec in plan.analyses
         if REGISTRY[spec.kind].engine == "rounds"  # training kinds run after, by strategies
     }
+    return finished(link, analyses, start)
+
+
+def open_round(
+    link: Exchange, plan: Plan, nodes: list[int]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Round 1 to every node; the quorum checked, and the sites' level sets against the
+    study's (before any analysis: a level outside the study would be a group of its own)."""
+    replies = link.send({node: request(plan, 1, {}) for node in nodes})
+    link.check_quorum()
+    sites = link.live_sites()
+    problems = compare_level_sets(
+        {s: replies[s].get("levels", {}) for s in sites}, plan.study_levels
+    )
+    if problems:
+        raise UserError(
+            "the sites' levels disagree with the study's (map them in each site's "
+            "terminology.toml):\n  - " + "\n  - ".join(problems)
+        )
+    return replies, sites
+
+
+def finished(link: Exchange, analyses: dict[str, Any], start: float, **extra: Any) -> Outcome:
+    """The outcome of a protocol run: the analyses and who answered, refused or was missing."""
     return Outcome(
         analyses=analyses,
         sites=[{**link.public(s), "contributed": True} for s in link.live_sites()],
@@ -155,6 +169,7 @@ def run_plan(
         round_seconds=link.round_seconds,
         refusals=link.refusals(),
         disclosure=link.notes,
+        **extra,
     )
 
 

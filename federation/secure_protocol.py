@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from analysis.errors import UserError
 from analysis.kinds import REGISTRY
 from analysis.kinds.context import EstimateContext
 from analysis.plan import Plan
@@ -42,9 +41,8 @@ from analysis.secure_payloads import (
     pooled_summary,
     pooled_tables,
 )
-from analysis.terminology import compare_level_sets
 from federation.exchange import Exchange, RunFailed, SiteFailure, site_outcome
-from federation.protocol import Outcome, request
+from federation.protocol import Outcome, finished, open_round, request
 from federation.secure import MIN_SITES, SecureSum
 from federation.secure_models import SecureCox
 from sites.disclosure import suppress_table_one
@@ -120,17 +118,7 @@ def run_secure(
         raise RunFailed("no site is connected")
     expected = list(plan.sites or expected_sites or [])
     link = SecureExchange(plan, transport, nodes, say, expected, node_sites)
-    replies = link.send({node: request(plan, 1, {}) for node in nodes})
-    link.check_quorum()
-    sites = link.live_sites()
-    problems = compare_level_sets(
-        {s: replies[s].get("levels", {}) for s in sites}, plan.study_levels
-    )
-    if problems:
-        raise UserError(
-            "the sites' levels disagree with the study's (map them in each site's "
-            "terminology.toml):\n  - " + "\n  - ".join(problems)
-        )
+    replies, sites = open_round(link, plan, nodes)
     if len(sites) < MIN_SITES:
         raise RunFailed(
             f"secure aggregation needs at least {MIN_SITES} sites; {len(sites)} answered"
@@ -149,15 +137,10 @@ def run_secure(
         for spec in plan.analyses
         if REGISTRY[spec.kind].engine == "rounds"  # training kinds run after, by strategies
     }
-    return Outcome(
-        analyses=analyses,
-        sites=[{**link.public(s), "contributed": True} for s in link.live_sites()],
-        sites_missing=link.missing_sites(),
-        rounds=link.rounds,
-        seconds=time.perf_counter() - start,
-        round_seconds=link.round_seconds,
-        refusals=link.refusals(),
-        disclosure=link.notes,
+    return finished(
+        link,
+        analyses,
+        start,
         secure={
             "time_grid": {"unit": state.grid.unit, "end": state.grid.end},
             "min_cell_count": _pooled_k(link),
