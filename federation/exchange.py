@@ -172,6 +172,11 @@ class Exchange:
         """Answering, pooled sites in site-id order (sums run in the same order every run)."""
         return sorted(s for s in self.info if s not in self.missing)
 
+    def disclosure(self, analysis: str | None = None) -> list[dict[str, Any]]:
+        """The disclosure notes (of one analysis), by site id: replies arrive in any order."""
+        notes = [n for n in self.notes if analysis is None or n["analysis"] == analysis]
+        return sorted(notes, key=lambda note: str(note["site"]))  # stable within a site
+
     def needed(self) -> int:
         """How many sites must answer."""
         return self.plan.run.min_sites or len(self.expected) or len(self.nodes)

@@ -168,7 +168,7 @@ def finished(link: Exchange, analyses: dict[str, Any], start: float, **extra: An
         seconds=time.perf_counter() - start,
         round_seconds=link.round_seconds,
         refusals=link.refusals(),
-        disclosure=link.notes,
+        disclosure=link.disclosure(),
         **extra,
     )
 
@@ -220,7 +220,7 @@ def _estimate(link: Exchange, spec: Any, context: EstimateContext) -> dict[str, 
     refusing = link.refusing(spec.name)
     answering = [s for s in link.live_sites() if s not in refusing]
     needed = link.needed()
-    notes = [n for n in link.notes if n["analysis"] == spec.name]
+    notes = link.disclosure(spec.name)
     if refusing and all(r["rule"] == "plan" for r in refusing.values()) and not answering:
         first = next(iter(refusing.values()))
         raise UserError(f"analysis {spec.name!r}: {first['message']}")

@@ -320,7 +320,7 @@ def _estimate(link: SecureExchange, spec: Any, context: EstimateContext) -> dict
     out["secure_aggregation"] = {"sites": [s for s in computed if s not in refusing]}
     if refusing:
         out["refusals"] = [{"site": s, **r} for s, r in refusing.items()]
-    notes = [n for n in link.notes if n["analysis"] == spec.name]
+    notes = link.disclosure(spec.name)
     if notes:
         out["disclosure"] = notes
     return out

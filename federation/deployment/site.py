@@ -44,7 +44,13 @@ REVOKED_EXIT = 3
 ACCEPTED, UNAUTHORIZED = 200, 401
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 _UNAUTHORIZED = re.compile(r"401 Unauthorized|Invalid SuperNode authentication")
-_TRACEBACK_CONTINUES = ("  ", "Traceback", "During handling", "The above exception", "\n")
+_TRACEBACK_STARTS = ("Traceback", "Exception in thread")
+# Another thread's log line, printed while a dying thread's traceback is still being written.
+_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+# The last line of a traceback: ``httpx.HTTPStatusError: ...`` (never indented).
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |\s*$)")
+# httpx's error message goes on past the exception line.
+_EXCEPTION_TAIL = "For more information check:"
 
 
 @dataclass
@@ -72,18 +78,21 @@ class NodeOutput:
             return
         if self.held and not self.in_traceback:
             self._release()
-        if line.startswith("Traceback"):
+        if line.startswith(_TRACEBACK_STARTS):
             self.in_traceback = True
-        elif self.in_traceback and not line.startswith(_TRACEBACK_CONTINUES):
-            self.in_traceback = False
-            self.held.append(line)  # the exception line itself
-            if not self.revoked:
-                self._release()
-            return
-        if self.in_traceback:
-            self.held.append(line)
+        if not self.in_traceback:
+            if not (self.revoked and line.startswith(_EXCEPTION_TAIL)):
+                self.write(line)
+        elif _LOG_LINE.match(line):
+            self.write(line)  # the main thread goes on while the traceback is written
         else:
-            self.write(line)
+            self.held.append(line)
+            if _EXCEPTION_LINE.match(line) and line.strip():
+                self.in_traceback = False
+                if self.revoked:
+                    self.held.clear()
+                else:
+                    self._release()
 
     def _release(self) -> None:
         for held in self.held:
