@@ -61,6 +61,7 @@ class Outcome:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     disclosure: list[dict[str, Any]] = field(default_factory=list)
     secure: dict[str, Any] = field(default_factory=dict)  # secure aggregation's grid, rounds
+    site_nodes: dict[str, int] = field(default_factory=dict)  # who answered, from which node
 
 
 Progress = Callable[[str], None]
@@ -169,6 +170,7 @@ def finished(link: Exchange, analyses: dict[str, Any], start: float, **extra: An
         round_seconds=link.round_seconds,
         refusals=link.refusals(),
         disclosure=link.disclosure(),
+        site_nodes={s: link.node_of(s) for s in link.live_sites()},
         **extra,
     )
 

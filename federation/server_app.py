@@ -42,8 +42,10 @@ def train(plan: Plan, grid: Grid, outcome: Any, progress: Any) -> None:
             timeout=plan.run.round_timeout,
             expected_nodes=len(outcome.sites),
             progress=progress,
+            site_nodes=outcome.site_nodes,
         )
         outcome.analyses[spec.name] = result.to_dict()
+        outcome.disclosure = [*outcome.disclosure, *result.disclosure]
 
 
 def roster(context: Context) -> tuple[list[str], dict[int, str]]:

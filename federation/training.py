@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,45 @@ def _payload_bytes(content: RecordDict) -> int:
 
 def _numbers(reply: Message) -> dict[str, float]:
     return {k: float(v) for k, v in reply.content.metric_records[METRICS_KEY].items()}  # type: ignore[arg-type]
+
+
+class _PooledNodes(Grid):
+    """The coordinator's Grid as the inner strategy samples it: only the pooled sites' nodes
+    (a node the analysis rounds did not pool is never sent a training message)."""
+
+    def __init__(self, grid: Grid, nodes: Iterable[int]) -> None:
+        self.grid, self.nodes = grid, set(nodes)
+
+    def set_run(self, run: Any) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(  # noqa: PLR0913 - Flower's signature
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.grid.get_node_ids() if n in self.nodes]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 class Supervisor(Strategy):
@@ -121,7 +160,8 @@ class Supervisor(Strategy):
     ) -> Iterable[Message]:
         """The inner strategy's messages, checked to reach every site."""
         self._connected(grid)
-        return self._sent(self.inner.configure_train(server_round, arrays, config, grid), grid)
+        pooled = _PooledNodes(grid, self.sites)
+        return self._sent(self.inner.configure_train(server_round, arrays, config, pooled), grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -139,7 +179,8 @@ class Supervisor(Strategy):
     ) -> Iterable[Message]:
         """The inner strategy's evaluation messages, checked to reach every site."""
         self._connected(grid)
-        return self._sent(self.inner.configure_evaluate(server_round, arrays, config, grid), grid)
+        pooled = _PooledNodes(grid, self.sites)
+        return self._sent(self.inner.configure_evaluate(server_round, arrays, config, pooled), grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -200,6 +241,18 @@ def _wait_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
+def _check_sites(site_nodes: Mapping[str, int], answered: Mapping[int, str]) -> None:
+    """Each node answers as the site it answered as in the analysis rounds (a node that
+    relabels itself is not pooled: the run fails)."""
+    wrong = [
+        f"node of site {site} answered as {answered[node]}"
+        for site, node in sorted(site_nodes.items())
+        if answered.get(node) != site
+    ]
+    if wrong:
+        raise TrainingFailed("training refused: " + "; ".join(wrong))
+
+
 def collect_stats(
     grid: Grid, nodes: Sequence[int], common: dict[str, Any], timeout: float
 ) -> dict[int, dict[str, Any]]:
@@ -244,6 +297,7 @@ def run_training(
     timeout: float = 120.0,
     expected_nodes: int = 0,
     progress: Progress | None = None,
+    site_nodes: Mapping[str, int] | None = None,
 ) -> TrainingOutcome:
     """Run the ``kind = "train"`` analysis ``analysis`` of the plan over ``grid``.
 
@@ -254,10 +308,15 @@ def run_training(
     """
     started = time.perf_counter()
     spec = train_spec_from_plan(plan_text, analysis, "the plan")
-    nodes = _wait_nodes(grid, expected_nodes, timeout)
+    if site_nodes:  # the sites the analysis rounds pooled, on the nodes they answered from
+        nodes = sorted(site_nodes.values())
+    else:
+        nodes = _wait_nodes(grid, expected_nodes, timeout)
     common = {"plan-toml": plan_text, "analysis": analysis}
     stats = collect_stats(grid, nodes, common, timeout)
     sites = {node: str(stats[node]["site"]) for node in nodes}
+    if site_nodes:
+        _check_sites(site_nodes, sites)
     order = sorted(nodes, key=lambda n: sites[n])
     try:
         encoder = combine_aggregates([stats[n]["features"] for n in order], spec.features)
@@ -311,4 +370,9 @@ def run_training(
         bytes=supervisor.bytes,
         seconds=time.perf_counter() - started,
         evaluation={"tau": float(tau), "grid": [float(t) for t in time_grid]},
+        disclosure=[
+            {"site": sites[n], "analysis": analysis, **note}
+            for n in order
+            for note in stats[n].get("disclosure", [])
+        ],
     )

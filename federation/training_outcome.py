@@ -89,6 +89,7 @@ class TrainingOutcome:
     bytes: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
     evaluation: dict[str, Any] = field(default_factory=dict)
+    disclosure: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -139,6 +140,7 @@ class TrainingOutcome:
                 "final": self.final,
                 "history": self.history,
                 "evaluation": self.evaluation,
+                "disclosure": self.disclosure,
                 "privacy": self.privacy.to_dict() if self.privacy else None,
                 "bytes_per_site": self.bytes,
                 "seconds": self.seconds,
@@ -174,6 +176,7 @@ class TrainingOutcome:
             privacy=PrivacySpent(**privacy) if privacy else None,
             seconds=float(section.get("seconds") or 0.0),
             evaluation=dict(section.get("evaluation") or {}),
+            disclosure=list(section.get("disclosure") or []),
         )
 
 

@@ -5,7 +5,8 @@ metrics only, never a row:
 
 - :func:`site_stats`: the training split's feature aggregates (:mod:`models.features`, under the
   site's ``min_cell_count``) and its event table (for the federated censoring KM of Uno's C and
-  the Brier score);
+  the Brier score; on the coarser time grid of the disclosure rules, as every event table a site
+  sends), with a note of each change the rules made;
 - :func:`site_train`: local epochs from the coordinator's weights (:func:`models.task.train_local`);
 - :func:`site_evaluate`: train and test loss, and the site halves of Harrell's C, Uno's C and the
   (integrated) Brier score on the test split (:mod:`analysis.metrics`).
@@ -32,9 +33,10 @@ from numpy.typing import NDArray
 
 from analysis import metrics
 from analysis.data import SurvivalData
+from analysis.disclosure import coarsen_table
 from analysis.errors import UserError
 from analysis.kinds.train import TrainSpec
-from analysis.km import event_table
+from analysis.km import EventTable, event_table
 from analysis.plan import Plan, parse_plan
 from analysis.privacy import gaussian_epsilon
 from analysis.rounds import train_spec_from_plan
@@ -171,13 +173,41 @@ def site_stats(bundle: SiteBundle, spec: TrainSpec) -> dict[str, Any]:
     if parts.train.n == 0:
         raise UserError(f"site {bundle.site_id}: no training subjects for analysis {spec.name!r}")
     k = bundle.rules.min_cell_count
+    features = feature_aggregates(parts.train.covariates, spec.features, k)
+    table, notes = released_event_table(parts.train.time, parts.train.event, k)
+    if table is None:
+        raise UserError(
+            f"site {bundle.site_id}: [disclosure] min_cell_count = {k}: the training split's "
+            f"event table of analysis {spec.name!r} cannot be released (too few events or "
+            "censorings)"
+        )
+    notes += [
+        {"rule": "min_cell_count", "change": f"feature {name}: {count} level(s) not reported"}
+        for name, count in sorted(features["suppressed"].items())
+        if count
+    ]
     return {
         "site": bundle.site_id,
         "n_train": parts.train.n,
         "n_test": parts.test.n,
-        "features": feature_aggregates(parts.train.covariates, spec.features, k),
-        "event_table": event_table(parts.train.time, parts.train.event).to_dict(),
+        "features": features,
+        "event_table": table.to_dict(),
+        "disclosure": notes,
     }
+
+
+def released_event_table(
+    time: NDArray[np.float64], event: NDArray[Any], k: int
+) -> tuple[EventTable | None, list[dict[str, str]]]:
+    """The training split's event table as the disclosure rules release it (for the federated
+    censoring KM): on the coarser grid of :func:`analysis.disclosure.coarsen_table`, as every
+    other event table this site sends; ``None`` when it cannot be released at all."""
+    exact = event_table(time, event)
+    table = coarsen_table(exact, k)
+    if table is None or table.time.size == exact.time.size:
+        return table, []
+    change = f"event table released at {table.time.size} of {exact.time.size} times"
+    return table, [{"rule": "min_cell_count", "change": change}]
 
 
 def round_seed(seed: int, server_round: int, site_id: str) -> int:

@@ -24,9 +24,11 @@ from analysis import cox
 from analysis.data import SurvivalData
 from analysis.privacy import gaussian_epsilon
 from analysis.rounds import train_spec_from_plan
-from federation.training import TrainingFailed
+from federation.local_grid import LocalGrid
+from federation.training import TrainingFailed, run_training
+from federation.training_client import training_client_app
 from sites.bundle import load_bundle
-from sites.training import split
+from sites.training import site_stats, split
 from tests.training_helpers import (
     POLICY,
     ROSSI_FEATURES,
@@ -156,6 +158,48 @@ def test_site_that_does_not_allow_train_refuses(tmp_path: Path) -> None:
     text = str(info.value)
     assert "site JP02 refuses analysis 'risk'" in text
     assert "allowed_analyses" in text
+
+
+def test_training_statistics_obey_the_disclosure_rules(tmp_path: Path) -> None:
+    """Under min_cell_count the training split's event table (for the federated censoring KM)
+    leaves on the rules' coarser grid, every released count 0 or at least k, with the totals
+    unchanged, and the results say what the rule changed, site by site."""
+    bundles = write_bundles(tmp_path)
+    k = 5
+    set_policy(bundles[0], POLICY.replace("min_cell_count = 0", f"min_cell_count = {k}"))
+    spec = train_spec_from_plan(train_plan(), "risk", "plan")
+    bundle = load_bundle(bundles[0])
+    exact = split(bundle, spec).train
+    stats = site_stats(bundle, spec)
+    events = np.asarray(stats["event_table"]["n_event"])
+    censored = np.asarray(stats["event_table"]["n_censored"])
+    assert all(c == 0 or c >= k for c in [*events, *censored])
+    assert events.sum() == exact.event.sum() and events.sum() + censored.sum() == exact.n
+    assert len(events) < np.unique(exact.time).size  # coarser than the exact times
+    assert stats["disclosure"][0]["rule"] == "min_cell_count"
+    outcome, _ = run_local(bundles, train_plan())
+    assert outcome.disclosure, "the coarsening is reported"
+    assert {n["site"] for n in outcome.disclosure} == {bundle.site_id}
+    assert all(n["analysis"] == "risk" for n in outcome.disclosure)
+    assert outcome.to_dict()["disclosure"] == outcome.disclosure
+
+
+def test_training_is_held_to_the_sites_the_rounds_pooled(tmp_path: Path) -> None:
+    """A node that answers the training statistics as another site than the one it answered
+    the analysis rounds as is not pooled: the run fails naming it."""
+    bundles = write_bundles(tmp_path)
+    grid = LocalGrid(training_client_app(), [{"bundle": str(b)} for b in bundles])
+    nodes = sorted(grid.get_node_ids())
+    ids = [load_bundle(b).site_id for b in bundles]
+    swapped = {ids[0]: nodes[1], ids[1]: nodes[0], ids[2]: nodes[2]}
+    with pytest.raises(TrainingFailed, match=f"node of site {ids[0]} answered as {ids[1]}"):
+        run_training(grid, train_plan(rounds=1), "risk", timeout=60, site_nodes=swapped)
+    honest = dict(zip(ids, nodes, strict=True))
+    outcome = run_training(grid, train_plan(rounds=1), "risk", timeout=60, site_nodes=honest)
+    assert outcome.sites == sorted(ids)
+    only_two = {ids[0]: nodes[0], ids[1]: nodes[1]}  # the third was not pooled in the rounds
+    outcome = run_training(grid, train_plan(rounds=1), "risk", timeout=60, site_nodes=only_two)
+    assert outcome.sites == sorted(ids[:2])
 
 
 def test_dp_policy_and_accounting(tmp_path: Path) -> None:
