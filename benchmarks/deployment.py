@@ -121,6 +121,16 @@ def _answers(fed: LoopbackFederation, run_id: int) -> dict[str, list[dict[str, f
     return found
 
 
+def _only_run(fed: LoopbackFederation) -> int | None:
+    """The run id the sites answered, when they answered exactly one run."""
+    runs = {
+        int(match.group(1))
+        for i in range(len(fed.bundles))
+        for match in _ANSWERED.finditer(fed.log(fed.site_name(i)).read_text(errors="replace"))
+    }
+    return runs.pop() if len(runs) == 1 else None
+
+
 def _breakdown(round_s: list[float], answers: dict[str, list[dict[str, float]]]) -> list[Any]:
     rows = []
     for r, seconds in enumerate(round_s):
@@ -193,9 +203,12 @@ def bench_rounds(work: Path, subjects_per_site: int, timeout: float) -> dict[str
             doc["round_s"] = res.get("round_seconds", [])
             doc["round_time_s"] = round(sum(doc["round_s"]), 2)
             doc["ve"] = res["analyses"]["ve"]["ve"]
+            # the run id, from the run's own output or else the sites' logs (this federation
+            # served only this run): the tail of a long output may have lost the first lines
             submitted = re.search(r"run (\d+) submitted", m.tail)
-            if submitted:
-                doc["breakdown"] = _breakdown(doc["round_s"], _answers(fed, int(submitted[1])))
+            run_id = int(submitted[1]) if submitted else _only_run(fed)
+            if run_id is not None:
+                doc["breakdown"] = _breakdown(doc["round_s"], _answers(fed, run_id))
         else:
             doc["error_tail"] = m.tail
         doc["per_site"] = [

@@ -208,6 +208,11 @@ class TaskSession:
 
 OBJECT_RETRY_S = 0.05
 """First pause before asking again for a message object the SuperNode has not fetched yet."""
+OBJECT_RETRY_CAP_S = 0.1
+"""Longest pause between two such asks (a local call): Flower's doubling to 1 s overshot the
+moment the object arrived by up to 0.8 s, and the SuperNode pushes replies only every 0.5 s."""
+OBJECT_WAIT_S = 600.0
+"""How long a message's objects may take to reach the SuperNode before the task fails."""
 
 
 def _pull_task_input(client: RuntimeHttpClient) -> TaskInput:
@@ -231,7 +236,9 @@ def _pull_task_input(client: RuntimeHttpClient) -> TaskInput:
         ),
         return_type=Message,
         initial_backoff=OBJECT_RETRY_S,
-        backoff_cap=1.0,
+        backoff_cap=OBJECT_RETRY_CAP_S,
+        max_time=OBJECT_WAIT_S,
+        max_tries_per_object=None,  # bounded by max_time
     )
     message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower sets it
     return TaskInput(message, context, str(fab.hash_str), bytes(fab.content))
