@@ -60,7 +60,7 @@ from federation.flower_internals import (
     WorkflowKey,
     parameters_to_ndarrays,
 )
-from federation.transport import GridTransport, send_and_receive
+from federation.transport import GridTransport, GridView, send_and_receive
 
 REQUEST_KEY = "trialfed-request"
 """FitIns config key of a secure round's request (JSON text)."""
@@ -201,7 +201,7 @@ class _Round(Strategy):
         return None
 
 
-class _StageGrid(Grid):
+class _StageGrid(GridView):
     """The coordinator's Grid, observed: every round trip is shown to the observers (stage
     ``query`` for a plain round), and a secure sum's stages and failures are recorded. Its
     round trips poll for replies as :func:`federation.transport.send_and_receive` does."""
@@ -209,39 +209,13 @@ class _StageGrid(Grid):
     polls_fast = True  # federation.transport.send_and_receive calls send_and_receive as is
 
     def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.stages: list[str] = []
         self.failures: dict[int, SiteFailure] = {}
 
     def start(self) -> None:
         """Forget the previous secure sum's stages and failures."""
         self.stages, self.failures = [], {}
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(  # noqa: PLR0913 - Flower's signature
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -53,6 +53,7 @@ from federation.training_client import (
     WEIGHT_KEY,
 )
 from federation.training_outcome import TrainingOutcome, combine_round
+from federation.transport import GridView
 from models.features import FeatureEncoder, combine_aggregates
 from models.nets import build_model
 
@@ -71,43 +72,16 @@ def _numbers(reply: Message) -> dict[str, float]:
     return {k: float(v) for k, v in reply.content.metric_records[METRICS_KEY].items()}  # type: ignore[arg-type]
 
 
-class _PooledNodes(Grid):
+class _PooledNodes(GridView):
     """The coordinator's Grid as the inner strategy samples it: only the pooled sites' nodes
     (a node the analysis rounds did not pool is never sent a training message)."""
 
     def __init__(self, grid: Grid, nodes: Iterable[int]) -> None:
-        self.grid, self.nodes = grid, set(nodes)
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(  # noqa: PLR0913 - Flower's signature
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+        super().__init__(grid)
+        self.nodes = set(nodes)
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.grid.get_node_ids() if n in self.nodes]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 class Supervisor(Strategy):
