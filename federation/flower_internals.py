@@ -111,16 +111,30 @@ pulls (``pull_and_inflate_object_from_tree``, ``make_pull_object_fn_protobuf``,
 ``NodeAuthHttpInterceptor``, ``DeactivateNodeRequest``, ``ControlHttpClient`` and
 ``ListRunsRequest``.
 
+``pseudo_rand_gen`` (``flwr.common.secure_aggregation.secaggplus_utils``, imported by name into
+``secaggplus_mod`` and ``secaggplus_workflow``)
+    SecAgg+'s mask generator. Flower 1.42 folds each 32-byte seed into 32 bits and draws the mask
+    from numpy's Mersenne Twister, so a coordinator could search 2**32 seeds per mask.
+    :func:`use_strong_masks` (called on import, at the sites and at the coordinator alike, so
+    masks still cancel) puts :func:`chacha20_masks` in its place: ChaCha20 keyed by the SHA-256
+    of the whole seed. Breaks: if Flower renames or moves it, the import here fails (loudly);
+    if Flower stops calling it by these module names, masks fall back to Flower's generator at
+    both ends (sums stay exact; ``tests/test_flower_internals.py`` checks the names are ours).
+
 ``ErrorCode`` (``flwr.common.constant``)
     The code of the error reply a site sends when it refuses to take part in a secure sum.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import Context, RecordDict, UserConfig
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
@@ -142,6 +156,9 @@ from flwr.common.constant import PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode,
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
 from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
+from flwr.common.secure_aggregation.secaggplus_utils import (
+    pseudo_rand_gen as flower_pseudo_rand_gen,  # Flower's own, before use_strong_masks
+)
 from flwr.common.serde import (
     context_from_proto,
     fab_from_proto,
@@ -198,6 +215,7 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 __all__ = [
+    "flower_pseudo_rand_gen",
     "SubStatus",
     "context_from_proto",
     "fab_from_proto",
@@ -353,3 +371,45 @@ def serve(grid: InMemoryGrid, run: Run, server_app: ServerApp) -> None:
     """Run the loaded ``server_app`` against ``grid`` in this thread, with an empty context."""
     context = Context(run.run_id, 0, UserConfig(), RecordDict(), UserConfig())
     run_serverapp(grid=grid, context=context, server_app_dir="", loaded_server_app=server_app)
+
+
+MASK_MODULES = (
+    "flwr.common.secure_aggregation.secaggplus_utils",
+    "flwr.client.mod.secure_aggregation.secaggplus_mod",
+    "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
+)
+"""The modules that call SecAgg+'s mask generator by the name ``pseudo_rand_gen``."""
+_MASK_KEY_LABEL = b"trialfed secagg+ mask v1:"
+
+
+def chacha20_masks(
+    seed: bytes, num_range: int, dimensions_list: Sequence[tuple[int, ...]]
+) -> list[np.ndarray]:
+    """SecAgg+ masks (Flower's ``pseudo_rand_gen`` signature) from the WHOLE seed.
+
+    The key stream of ChaCha20, keyed by the SHA-256 of the seed, read as little-endian 64-bit
+    words, each taken modulo ``num_range`` (a bias below ``num_range / 2**64``; none for a power
+    of two). Same seed, same masks, at every site and at the coordinator.
+    """
+    key = hashlib.sha256(_MASK_KEY_LABEL + bytes(seed)).digest()
+    sizes = [int(np.prod(shape)) if len(shape) else 1 for shape in dimensions_list]
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    words = np.frombuffer(stream.update(bytes(8 * sum(sizes))), dtype="<u8")
+    values = (words % np.uint64(num_range)).astype(np.int64)
+    out, start = [], 0
+    for shape, size in zip(dimensions_list, sizes, strict=True):
+        out.append(values[start : start + size].reshape(shape))
+        start += size
+    return out
+
+
+def use_strong_masks() -> None:
+    """Make SecAgg+ draw its masks with :func:`chacha20_masks` (see the module notes)."""
+    for name in MASK_MODULES:
+        module = importlib.import_module(name)
+        if not hasattr(module, "pseudo_rand_gen"):
+            raise ImportError(f"{name} has no pseudo_rand_gen: Flower's SecAgg+ changed")
+        setattr(module, "pseudo_rand_gen", chacha20_masks)  # noqa: B010 - a module attribute
+
+
+use_strong_masks()

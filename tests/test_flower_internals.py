@@ -221,3 +221,28 @@ def test_no_other_module_imports_a_private_flower_name() -> None:
                 if name not in allowed
             ]
     assert not found, "import it through federation.flower_internals:\n" + "\n".join(found)
+
+
+def test_secure_aggregation_masks_come_from_the_whole_seed() -> None:
+    """Flower 1.42 folds SecAgg+'s 32-byte seeds into 32 bits, so two seeds that fold alike give
+    the same mask (a coordinator could search 2**32 seeds); the masks trialfed's sites and
+    coordinator draw depend on every bit, are reproducible, and are spread over the range."""
+    import importlib
+
+    import numpy as np
+
+    seed = bytes(range(32))
+    folds_alike = seed[4:8] + seed[:4] + seed[8:]  # the same XOR of its 4-byte words
+    shapes = [(20_000,), (), (3, 4)]
+    weak = [flower.flower_pseudo_rand_gen(s, 2**32, shapes) for s in (seed, folds_alike)]
+    assert all(np.array_equal(x, y) for x, y in zip(*weak, strict=True))  # Flower's weakness
+    ours = flower.chacha20_masks(seed, 2**32, shapes)
+    assert not np.array_equal(ours[0], flower.chacha20_masks(folds_alike, 2**32, shapes)[0])
+    again = flower.chacha20_masks(seed, 2**32, shapes)
+    assert all(np.array_equal(x, y) for x, y in zip(ours, again, strict=True))
+    assert [m.shape for m in ours] == [(20_000,), (), (3, 4)]
+    assert all(m.dtype == np.int64 and m.min() >= 0 and m.max() < 2**32 for m in ours)
+    # uniform on [0, 2**32): the mean of 20,000 draws within 5 standard errors of the middle
+    assert abs(ours[0].mean() / 2**32 - 0.5) < 5 * (1 / np.sqrt(12 * 20_000))
+    for name in flower.MASK_MODULES:  # where SecAgg+ calls it, at the site and the coordinator
+        assert importlib.import_module(name).pseudo_rand_gen is flower.chacha20_masks, name
