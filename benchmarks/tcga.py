@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 REGIONS = ("Northeast", "South", "West", "Midwest", "Europe", "Canada")
 COUNTRIES = ("US", "US", "US", "US", "DE", "CA")
 """ISO codes for site.toml (Europe: its largest country in centers.csv, Germany)."""
-PUBLISHED = {
+PUBLISHED: dict[str, Any] = {
     "n": (311, 196, 206, 162, 162, 51),
     "events": (59, 39, 22, 19, 9, 3),
     "train": 866,

@@ -210,7 +210,7 @@ def _cox(
             )
         betas.append(partial.params_.to_numpy())
         logliks.append(float(partial.log_likelihood_))
-    history = [
+    rounds = [
         {
             "round": r + 1,
             "loglik": logliks[r],
@@ -225,12 +225,12 @@ def _cox(
         "loglik": float(cph.log_likelihood_),
         "n": len(df),
         "events": int(df["event"].sum()),
-        "rounds": len(history) + 1,
+        "rounds": len(rounds) + 1,
         "converged": True,
         "ties": "efron",
         "strata": None,
         "alpha": alpha,
-        "history": history,
+        "history": rounds,
     }
 
 

@@ -117,7 +117,8 @@ def test_plain_numbers_leave_missing_tokens_and_other_characters_to_the_cell_rul
     for column in (["1", ""], ["1", "."], ["1", " 2"], ["1", "nan"], ["1", "1_0"], [""]):
         assert _plain_numbers(pa.array(column, pa.string())) is None, column
     sliced = pa.array(["x", "1.5", "2e3", "y"], pa.string()).slice(1, 2)  # offsets not at 0
-    assert _plain_numbers(sliced).tolist() == [1.5, 2000.0]
+    numbers = _plain_numbers(sliced)
+    assert numbers is not None and numbers.tolist() == [1.5, 2000.0]
 
 
 def test_character_cells_stripped_as_str_strip(tmp_path: Path) -> None:

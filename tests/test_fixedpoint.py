@@ -102,7 +102,7 @@ def test_layout_round_trip_and_digest() -> None:
     layout.add("cox/gradient", "real", 3)
     layout.add("cox/empty", "real", 0)
     assert layout.width == 4 + 2 * 2 + 3 * fp.LIMBS
-    sites = [
+    sites: list[dict[str, list[float]]] = [
         {"t/events": [1, 0, 2, 5], "t/n": [3_000_000, 7], "cox/gradient": [-1.5, 0.25, 1e-9]},
         {"t/events": [0, 0, 1, 1], "cox/gradient": [2.0, -0.25, -3e-9]},  # t/n left out: zeros
         {},

@@ -113,8 +113,13 @@ def test_create_run_keywords() -> None:
 def test_the_secure_aggregation_records_are_named_as_the_site_expects() -> None:
     """The stage names and config keys the site's guard reads before ``secaggplus_mod``."""
     assert flower.Stage.all() == ("setup", "share_keys", "collect_masked_vectors", "unmask")
-    keys = ("STAGE", "SAMPLE_NUMBER", "SHARE_NUMBER", "THRESHOLD", "CLIPPING_RANGE")
-    keys += ("TARGET_RANGE", "MOD_RANGE", "MAX_WEIGHT", "SOURCE_LIST", "ACTIVE_NODE_ID_LIST")
+    keys = ("STAGE", "SAMPLE_NUMBER", "SHARE_NUMBER", "THRESHOLD", "CLIPPING_RANGE") + (
+        "TARGET_RANGE",
+        "MOD_RANGE",
+        "MAX_WEIGHT",
+        "SOURCE_LIST",
+        "ACTIVE_NODE_ID_LIST",
+    )
     assert all(isinstance(getattr(flower.SecAggKey, k), str) for k in keys)
     assert flower.RECORD_KEY_CONFIGS == "secaggplus_configs"
     assert flower.WorkflowKey.CURRENT_ROUND and flower.MAIN_CONFIGS_RECORD

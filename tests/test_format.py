@@ -139,8 +139,8 @@ def test_catalogue_is_complete_and_consistent() -> None:
         assert len(entry) == len(LANGUAGES) and all(entry), key
         assert _fields(entry[1]) == _fields(entry[0]) == _fields(entry[2]), key
     for table in (messages.VARIABLES, messages.LEVELS):
-        for key, entry in table.items():
-            assert len(entry) == 3 and all(entry), key
+        for name, names in table.items():
+            assert len(names) == 3 and all(names), name
     # Japanese and Korean entries are written in their scripts, not left in English
     untranslated = [
         key

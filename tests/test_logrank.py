@@ -14,7 +14,7 @@ from statsmodels.duration.survfunc import survdiff
 from analysis import SurvivalData
 from analysis.base import format_level
 from analysis.km import EventTable, event_table, merge_event_tables
-from analysis.logrank import logrank_test
+from analysis.logrank import StratumKey, logrank_test
 from tests.test_km import federated_tables, gbsg2, lung, rossi, split_by, split_chunks, waltons
 
 TOL = 1e-9
@@ -120,7 +120,9 @@ def test_stratum_with_one_group_contributes_nothing() -> None:
     tables = federated_logrank_tables(split_chunks(data, 3), "horTh", [])
     base = logrank_test(tables)
     # add a stratum where only one group is present
-    extra = dict({(g, ("s1",)): t for (g, _), t in tables.items()})
+    extra: dict[tuple[str, StratumKey], EventTable] = {
+        (g, ("s1",)): t for (g, _), t in tables.items()
+    }
     extra[("yes", ("s2",))] = event_table([1.0, 2.0, 3.0], [True, True, False])
     result = logrank_test(extra)
     assert result.statistic == pytest.approx(base.statistic, rel=1e-12)
@@ -130,7 +132,7 @@ def test_stratum_with_one_group_contributes_nothing() -> None:
 
 def test_degenerate_variance_uses_rank() -> None:
     # group "Z" is censored before the first event: nobody at risk at any event time
-    tables = {
+    tables: dict[tuple[str, StratumKey], EventTable] = {
         ("A", ()): event_table([2.0, 3.0, 5.0, 8.0], [True, False, True, True]),
         ("B", ()): event_table([1.5, 4.0, 6.0, 9.0], [True, True, False, False]),
         ("Z", ()): event_table([0.5, 1.0], [False, False]),

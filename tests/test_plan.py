@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from analysis.errors import UserError
+from analysis.kinds.cox import CoxAnalysis
 from analysis.plan import parse_plan
 from experiments.plan import load_plan
 
@@ -43,6 +44,7 @@ alpha = 0.1
 """
     )
     (cox,) = plan.analyses
+    assert isinstance(cox, CoxAnalysis)
     assert cox.ties == "breslow" and cox.alpha == 0.1 and cox.strata == ()
     assert cox.reference_map == {"TRT01P": "Placebo"}
     assert plan.run.min_sites == 2 and plan.run.round_timeout == 30

@@ -62,7 +62,7 @@ class EventCountKind(Kind):
         }
         return {"kind": self.name, "param": spec.param, "groups": groups}
 
-    def present(self, name: str, result: Mapping[str, Any]) -> Presentation:
+    def present(self, name: str, result: Mapping[str, Any], locale: Any = None) -> Presentation:
         rows = tuple({"group": g, **v} for g, v in result["groups"].items())
         table = Table(
             name,

@@ -277,7 +277,10 @@ def test_a_state_that_does_not_cover_the_site_is_refused(trial_dir: Path, tmp_pa
         '[[analysis]]\nname = "km"\nkind = "km"\nparam = "COVID"\nby = "TRT01P"\n'
     )
     levels = {"TRT01P": ["Placebo"], "SEX": ["F", "M"]}
-    state = {"secure": {"levels": levels, "params": ["COVID"], "end": 20}, "models": {}}
+    state: dict[str, Any] = {
+        "secure": {"levels": levels, "params": ["COVID"], "end": 20},
+        "models": {},
+    }
     state |= {"countries": ["JP"], "evaluate": [], "queries": ["t1", "km"]}
     vector, payload = serve_secure(bundle, request(plan, 2, state))
     assert vector is not None and payload["ok"]

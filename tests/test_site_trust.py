@@ -271,7 +271,7 @@ def test_a_fine_risk_set_grid_learns_nothing_beyond_round_one(sites: list[Path])
     (released,) = first["grid:COVID:"]
     table = EventTable(released["time"], released["n_event"], released["n_censored"])
     grid = np.arange(0.0, float(table.time.max()) + 1.0)  # every day
-    state = {
+    state: dict[str, Any] = {
         "countries": ["JP", "KR"],
         "models": {
             "c": {

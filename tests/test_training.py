@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from analysis.rounds import train_spec_from_plan
 from federation.local_grid import LocalGrid
 from federation.training import TrainingFailed, run_training
 from federation.training_client import training_client_app
+from federation.training_outcome import TrainingOutcome
 from sites.bundle import load_bundle
 from sites.training import site_stats, split
 from tests.training_helpers import (
@@ -107,17 +109,21 @@ def test_same_seed_same_model_bit_for_bit(drug: list[Path]) -> None:
     assert any(first.state[k].tobytes() != other.state[k].tobytes() for k in first.state)
 
 
+def _coefficients(outcome: TrainingOutcome) -> dict[str, float]:
+    found = outcome.coefficients()
+    assert found is not None, "a linear model has coefficients"
+    return found
+
+
 def test_strategies_and_history(drug: list[Path]) -> None:
-    runs = {
-        name: run_local(drug, train_plan(rounds=4, **keys))
-        for name, keys in {
-            "fedavg": {},
-            "fedavg3": {"local_epochs": 3},
-            "fedprox": {"strategy": "fedprox", "proximal_mu": 1.0, "local_epochs": 3},
-            "fedadam": {"strategy": "fedadam"},
-        }.items()
+    variants: dict[str, dict[str, Any]] = {
+        "fedavg": {},
+        "fedavg3": {"local_epochs": 3},
+        "fedprox": {"strategy": "fedprox", "proximal_mu": 1.0, "local_epochs": 3},
+        "fedadam": {"strategy": "fedadam"},
     }
-    coefs = {k: np.asarray(list(o.coefficients().values())) for k, (o, _) in runs.items()}
+    runs = {name: run_local(drug, train_plan(rounds=4, **keys)) for name, keys in variants.items()}
+    coefs = {k: np.asarray(list(_coefficients(o).values())) for k, (o, _) in runs.items()}
     assert not np.allclose(coefs["fedavg"], coefs["fedadam"])
     outcome, grid = runs["fedavg"]
     assert [h["round"] for h in outcome.history] == [1, 2, 3, 4]

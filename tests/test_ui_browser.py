@@ -75,6 +75,7 @@ def test_mlflow_ui_shows_run_plots_and_report(
     ) as run:
         run.complete(results, tmp_path / "out")
     run_id, exp_id = run.run_id, run.experiment_id
+    assert run_id is not None
     efficacy = results["analyses"]["efficacy"]
     headline = f"Vaccine efficacy, {TREATMENT} vs {REFERENCE}: {100 * efficacy['ve']:.1f}%"
     ARTIFACTS.mkdir(exist_ok=True)

@@ -125,24 +125,31 @@ def test_process_backend_reports_a_dead_worker_as_a_client_app_error(
     backend = ProcessBackend(pool)
     assert backend.num_workers == 2 * pool.size
     context: Any = SimpleNamespace(node_config={"partition-id": 3})
+    reply: Any
     reply, _ = backend.process_message("hello", context)  # type: ignore[arg-type]
     assert reply["message"] == "hello"
     with pytest.raises(ClientAppException, match="exited"):
         backend.process_message("die", context)  # type: ignore[arg-type]
 
 
+def _fork_server_pid() -> int | None:
+    """The running fork server's PID (multiprocessing keeps it in a private attribute)."""
+    pid: int | None = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    return pid
+
+
 def test_closing_leaves_no_process(pool: workers.WorkerPool) -> None:
     pool.run(0, "x", None)
     pool.run(1, "x", None)
     pids = pool.pids()
-    server = forkserver._forkserver._forkserver_pid
+    server = _fork_server_pid()
     assert len(pids) == 2 and server is not None and _alive(server)
     pool.close()
     with pytest.raises(workers.WorkerError, match="shutting down"):
         pool.run(0, "x", None)
     workers.stop_fork_server()
     assert _gone([*pids, server])
-    assert forkserver._forkserver._forkserver_pid is None
+    assert _fork_server_pid() is None
 
 
 def test_a_pool_started_without_prestart_has_the_thread_limits() -> None:
@@ -150,7 +157,7 @@ def test_a_pool_started_without_prestart_has_the_thread_limits() -> None:
     started = workers.start_pool(1, "tests.worker_apps:make_echo", ("t",))
     try:
         # the fork server imported numpy (which sizes its BLAS pool) with this environment
-        server = forkserver._forkserver._forkserver_pid
+        server = _fork_server_pid()
         environ = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
     finally:
         started.close()
