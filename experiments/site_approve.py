@@ -14,9 +14,10 @@ from pathlib import Path
 
 import tomlkit
 
+from analysis.errors import UserError
 from analysis.kinds import REGISTRY
 from analysis.plan import Plan
-from analysis.rounds import plan_models, round_one_queries
+from analysis.rounds import plan_models, round_one_queries, train_spec_from_plan
 from experiments.plan import load_plan
 from sites.answers import answer
 from sites.audit import count_numbers
@@ -90,8 +91,49 @@ def preview(bundle: SiteBundle, plan: Plan) -> list[str]:
             "sites, so the coordinator sees only totals, and the site's small-cell rules apply "
             "to the pooled totals instead"
         )
+    lines += training_preview(bundle, plan)
     kinds = sorted({REGISTRY[a.kind].name for a in plan.analyses})
     lines.append(f"analysis kinds: {', '.join(kinds)}")
+    return lines
+
+
+def training_preview(bundle: SiteBundle, plan: Plan) -> list[str]:
+    """What each ``train`` analysis would take: the statistics round as the site's own handler
+    computes it on its data (nothing sent), then what every training round sends."""
+    trained = [a for a in plan.analyses if REGISTRY[a.kind].engine == "training"]
+    if not trained:
+        return []
+    from sites.training import site_stats  # torch: only for plans that train
+
+    lines = ["training (after the rounds above):"]
+    for spec in trained:
+        train = train_spec_from_plan(plan.text or plan.to_toml(), spec.name, "the plan")
+        try:
+            stats = site_stats(bundle, train)
+        except UserError as exc:
+            lines.append(f"  [{spec.name}] REFUSED: {exc}")
+            continue
+        features = ", ".join(train.features)
+        times = len(stats["event_table"]["time"])
+        lines.append(
+            f"  [{spec.name}] statistics: training and test split sizes "
+            f"({stats['n_train']} / {stats['n_test']}), per feature ({features}) N, sum and "
+            "sum of squares or subjects per level, and the training split's event and "
+            f"censoring counts of {train.param} at {times} times: {count_numbers(stats)} numbers"
+        )
+        for note in stats["disclosure"]:
+            lines.append(f"    {spec.name}: {note['rule']}: {note['change']}")
+        dp = (
+            f", clipped and noised (noise multiplier {train.dp.noise_multiplier:g})"
+            if train.dp
+            else ""
+        )
+        lines.append(
+            f"  [{spec.name}] each of {train.rounds} rounds ({train.strategy}, model "
+            f"{train.model}): the model's weights after {train.local_epochs} local epoch(s) on "
+            f"the training split{dp}, then train and test loss and the site's parts of "
+            "Harrell's and Uno's C and the Brier score on its test split"
+        )
     return lines
 
 

@@ -190,6 +190,34 @@ def test_training_statistics_obey_the_disclosure_rules(tmp_path: Path) -> None:
     assert outcome.to_dict()["disclosure"] == outcome.disclosure
 
 
+def test_site_approve_previews_what_training_would_take(tmp_path: Path) -> None:
+    """`trialfed site approve --dry-run` lists a train analysis: the statistics round computed
+    by the site's own handler on its data (sizes, numbers, what the rules changed) and what each
+    round sends; a site whose policy does not allow training sees the refusal instead."""
+    from analysis.plan import parse_plan
+    from experiments.site_approve import preview
+    from sites.audit import count_numbers
+
+    bundles = write_bundles(tmp_path)
+    set_policy(bundles[0], POLICY.replace("min_cell_count = 0", "min_cell_count = 5"))
+    set_policy(bundles[1], '[policy]\nallowed_analyses = ["km", "cox"]\n')
+    text = train_plan(strategy="fedadam", rounds=7)
+    plan = parse_plan(text)
+    spec = train_spec_from_plan(text, "risk", "plan")
+    lines = preview(load_bundle(bundles[0]), plan)
+    stats = site_stats(load_bundle(bundles[0]), spec)
+    statistics = next(line for line in lines if line.startswith("  [risk] statistics"))
+    assert f"({stats['n_train']} / {stats['n_test']})" in statistics
+    assert statistics.endswith(f": {count_numbers(stats)} numbers")
+    times = len(stats["event_table"]["time"])
+    assert f"event table released at {times} of" in "\n".join(lines)
+    assert any("each of 7 rounds (fedadam, model cox-linear)" in line for line in lines)
+    refused = preview(load_bundle(bundles[1]), plan)
+    assert any(
+        line.startswith("  [risk] REFUSED") and "allowed_analyses" in line for line in refused
+    )
+
+
 def test_training_is_held_to_the_sites_the_rounds_pooled(tmp_path: Path) -> None:
     """A node that answers the training statistics as another site than the one it answered
     the analysis rounds as is not pooled: the run fails naming it."""
