@@ -83,15 +83,17 @@ def preview(bundle: SiteBundle, plan: Plan) -> list[str]:
             )
         for model in models:
             lines.append(f"  model {model.id}: {', '.join(model.covariates)}; mode {model.mode}")
+    training = training_preview(bundle, plan)
     if plan.run.secure_aggregation:
         lines.append(
             "secure aggregation: round 1 releases only level names, endpoint names, the end of "
             "this site's follow-up rounded up to 100 time units and published fits (the counts "
-            "above); every later round is one vector summed under SecAgg+ with at least 2 other "
-            "sites, so the coordinator sees only totals, and the site's small-cell rules apply "
-            "to the pooled totals instead"
+            "above); every later analysis round is one vector summed under SecAgg+ with at least "
+            "2 other sites, so the coordinator sees only totals, and the site's small-cell rules "
+            "apply to the pooled totals instead"
+            + ("; training (below) is NOT securely summed" if training else "")
         )
-    lines += training_preview(bundle, plan)
+    lines += training
     kinds = sorted({REGISTRY[a.kind].name for a in plan.analyses})
     lines.append(f"analysis kinds: {', '.join(kinds)}")
     return lines
