@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from analysis.cox_design import TIES
+
 INVALID: Any = object()
 """What a key parser returns when it recorded a problem."""
 
@@ -190,6 +192,8 @@ def pairs_key(doc: str = "") -> Key:
 
 
 ALPHA = number_key(0.0, 0.5, "two-sided level of the confidence intervals (default 0.05)")
+PARAM = text_key("ADTTE endpoint (PARAMCD)", required=True)
+TIES_KEY = choice_key(TIES, "tie handling (default efron)")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from analysis.kinds.base import (
     ALPHA,
+    PARAM,
+    TIES_KEY,
     AnalysisSpec,
     Column,
     Effect,
@@ -22,12 +24,10 @@ from analysis.kinds.base import (
     Metric,
     Presentation,
     Table,
-    choice_key,
     names_key,
     pairs_key,
     reference_key,
     register,
-    text_key,
 )
 from analysis.kinds.context import EstimateContext, FittedModel
 from analysis.kinds.cox_model import CoxModelDef
@@ -40,8 +40,6 @@ from analysis.kinds.wording import (
     model_variables,
     resolve,
 )
-
-TIES = ("efron", "breslow")
 
 
 @dataclass(frozen=True)
@@ -72,11 +70,11 @@ class CoxKind(Kind):
     title = "Cox proportional hazards"
     spec = CoxAnalysis
     keys = {
-        "param": text_key("ADTTE endpoint (PARAMCD)", required=True),
+        "param": PARAM,
         "covariates": names_key("ADSL covariates", required=True, allow_empty=False),
         "reference": reference_key("reference level per categorical covariate"),
         "strata": names_key("SITE (site-stratified baseline), COUNTRY or ADSL variables"),
-        "ties": choice_key(TIES, "tie handling (default efron)"),
+        "ties": TIES_KEY,
         "interactions": pairs_key('interaction terms "A:B"'),
         "alpha": ALPHA,
     }

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from analysis import km
 from analysis.kinds.base import (
     ALPHA,
+    PARAM,
     AnalysisSpec,
     Column,
     Figure,
@@ -55,7 +56,7 @@ class KMKind(Kind):
     title = "Kaplan-Meier"
     spec = KMAnalysis
     keys = {
-        "param": text_key("ADTTE endpoint (PARAMCD)", required=True),
+        "param": PARAM,
         "by": text_key("ADSL grouping variable (default: one curve)"),
         "times": times_key("time points for the survival and at-risk table"),
         "alpha": ALPHA,

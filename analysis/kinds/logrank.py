@@ -15,6 +15,7 @@ import numpy as np
 from analysis import logrank
 from analysis.kinds.base import (
     ALPHA,
+    PARAM,
     AnalysisSpec,
     Column,
     Effect,
@@ -52,7 +53,7 @@ class LogrankKind(Kind):
     title = "Log-rank test"
     spec = LogrankAnalysis
     keys = {
-        "param": text_key("ADTTE endpoint (PARAMCD)", required=True),
+        "param": PARAM,
         "by": text_key("ADSL variable whose levels are compared", required=True),
         "strata": names_key("stratification variables (SITE, COUNTRY or ADSL variables)"),
         "alpha": ALPHA,

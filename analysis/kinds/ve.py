@@ -18,6 +18,8 @@ from analysis.cox_result import pseudo_inverse
 from analysis.distributions import normal_quantile
 from analysis.kinds.base import (
     ALPHA,
+    PARAM,
+    TIES_KEY,
     AnalysisSpec,
     Column,
     Effect,
@@ -27,7 +29,6 @@ from analysis.kinds.base import (
     Presentation,
     Table,
     bool_key,
-    choice_key,
     names_key,
     reference_key,
     register,
@@ -35,7 +36,6 @@ from analysis.kinds.base import (
 )
 from analysis.kinds.context import EstimateContext, FittedModel
 from analysis.kinds.cox import (
-    TIES,
     cox_metrics,
     cox_section,
     forest_hr,
@@ -80,13 +80,13 @@ class VEKind(Kind):
     title = "Vaccine efficacy"
     spec = VEAnalysis
     keys = {
-        "param": text_key("ADTTE endpoint (PARAMCD)", required=True),
+        "param": PARAM,
         "arm": text_key("ADSL arm variable (default TRT01P)"),
         "reference": reference_key("reference level of the arm (and other covariates)", True),
         "treatment": text_key("the arm level whose efficacy is estimated"),
         "covariates": names_key("adjustment covariates"),
         "strata": names_key("SITE, COUNTRY or ADSL variables"),
-        "ties": choice_key(TIES, "tie handling (default efron)"),
+        "ties": TIES_KEY,
         "by_country": bool_key("per-country estimates and the interaction test (default true)"),
         "alpha": ALPHA,
     }
