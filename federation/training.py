@@ -275,6 +275,13 @@ def run_training(
 ) -> TrainingOutcome:
     """Run the ``kind = "train"`` analysis ``analysis`` of the plan over ``grid``.
 
+    Parameters
+    ----------
+    site_nodes : mapping, optional
+        Site id -> node id of the sites the analysis rounds pooled: training goes to these
+        nodes only, and each must answer as its site. Without it, every connected node (at
+        least ``expected_nodes``) takes part, as in the tests' local grids.
+
     Raises
     ------
     UserError
