@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from analysis.errors import UserError
 from analysis.kinds import REGISTRY
@@ -65,6 +65,7 @@ class Outcome:
 
 
 Progress = Callable[[str], None]
+E = TypeVar("E", bound=Exchange)
 
 
 def request(plan: Plan, number: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -105,14 +106,10 @@ def run_plan(
             "true), which needs Flower's SecAgg+: run it on the simulation engine or a "
             "deployment, not over a transport that sums in the clear"
         )
-    say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    nodes = sorted(transport.nodes())
-    if not nodes:
-        raise RunFailed("no site is connected")
-    expected = list(plan.sites or expected_sites or [])
-    link = Exchange(plan, transport, nodes, say, expected, node_sites)
-    replies, sites = open_round(link, plan, nodes)
+    link, replies, sites = open_round(
+        Exchange, plan, transport, progress, expected_sites, node_sites
+    )
     context = _context(link, replies, sites)
     countries = sorted({link.info[s]["country"] for s in sites})
     runs = [CoxRun(m) for m in iterated_models(plan, countries)]
@@ -130,7 +127,7 @@ def run_plan(
     while any(r.active and not r.done for r in runs) and link.rounds < plan.run.max_rounds:
         _cox_round(link, plan, countries, [r for r in runs if r.active and not r.done])
 
-    models = {r.id: r.fitted(_alpha(plan, r.definition.analysis)) for r in runs}
+    models = {r.id: r.fitted(alpha(plan, r.definition.analysis)) for r in runs}
     context = EstimateContext(context.sites, context.answers, models)
     analyses = {
         spec.name: _estimate(link, spec, context)
@@ -140,11 +137,23 @@ def run_plan(
     return finished(link, analyses, start)
 
 
-def open_round(
-    link: Exchange, plan: Plan, nodes: list[int]
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Round 1 to every node; the quorum checked, and the sites' level sets against the
-    study's (before any analysis: a level outside the study would be a group of its own)."""
+def open_round(  # noqa: PLR0913 - run_plan's and run_secure's own arguments
+    exchange: type[E],
+    plan: Plan,
+    transport: Any,
+    progress: Progress | None,
+    expected_sites: Sequence[str] | None,
+    node_sites: Mapping[int, str] | None,
+) -> tuple[E, dict[str, dict[str, Any]], list[str]]:
+    """The run's ``exchange`` (:class:`Exchange` or a subclass) over the connected nodes, and
+    round 1 to every node: the quorum checked, and the sites' level sets against the study's
+    (before any analysis: a level outside the study would be a group of its own)."""
+    nodes = sorted(transport.nodes())
+    if not nodes:
+        raise RunFailed("no site is connected")
+    expected = list(plan.sites or expected_sites or [])
+    say = progress or (lambda _msg: None)
+    link = exchange(plan, transport, nodes, say, expected, node_sites)
     replies = link.send({node: request(plan, 1, {}) for node in nodes})
     link.check_quorum()
     sites = link.live_sites()
@@ -156,7 +165,7 @@ def open_round(
             "the sites' levels disagree with the study's (map them in each site's "
             "terminology.toml):\n  - " + "\n  - ".join(problems)
         )
-    return replies, sites
+    return link, replies, sites
 
 
 def finished(link: Exchange, analyses: dict[str, Any], start: float, **extra: Any) -> Outcome:
@@ -175,7 +184,8 @@ def finished(link: Exchange, analyses: dict[str, Any], start: float, **extra: An
     )
 
 
-def _alpha(plan: Plan, analysis: str) -> float:
+def alpha(plan: Plan, analysis: str) -> float:
+    """The two-sided level of ``analysis``'s confidence intervals (0.05 unless it says)."""
     return float(getattr(plan.analysis(analysis), "alpha", 0.05))
 
 

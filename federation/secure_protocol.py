@@ -42,7 +42,7 @@ from analysis.secure_payloads import (
     pooled_tables,
 )
 from federation.exchange import Exchange, RunFailed, SiteFailure, site_outcome
-from federation.protocol import Outcome, finished, open_round, request
+from federation.protocol import Outcome, alpha, finished, open_round, request
 from federation.secure import MIN_SITES, SecureSum
 from federation.secure_models import SecureCox
 from sites.disclosure import suppress_table_one
@@ -111,14 +111,10 @@ def run_secure(
 ) -> Outcome:
     """Run ``plan`` with secure aggregation over the sites behind ``transport`` (which must have
     ``secure_sum``: :class:`federation.secure.SecureGridTransport`)."""
-    say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    nodes = sorted(transport.nodes())
-    if not nodes:
-        raise RunFailed("no site is connected")
-    expected = list(plan.sites or expected_sites or [])
-    link = SecureExchange(plan, transport, nodes, say, expected, node_sites)
-    replies, sites = open_round(link, plan, nodes)
+    link, replies, sites = open_round(
+        SecureExchange, plan, transport, progress, expected_sites, node_sites
+    )
     if len(sites) < MIN_SITES:
         raise RunFailed(
             f"secure aggregation needs at least {MIN_SITES} sites; {len(sites)} answered"
@@ -129,8 +125,7 @@ def run_secure(
     answers = _first_round(link, plan, countries, state, runs)
     while any(r.active and not r.done for r in runs) and link.rounds < plan.run.max_rounds:
         _model_round(link, plan, countries, state, [r for r in runs if r.active and not r.done])
-    alpha = {s.name: float(getattr(s, "alpha", 0.05)) for s in plan.analyses}
-    models = {r.id: r.fitted(alpha[r.definition.analysis]) for r in runs}
+    models = {r.id: r.fitted(alpha(plan, r.definition.analysis)) for r in runs}
     context = EstimateContext(tuple(link.public(s) for s in link.live_sites()), answers, models)
     analyses = {
         spec.name: _estimate(link, spec, context)
