@@ -59,13 +59,8 @@ class SecureCox(CoxRun):
 
     def point(self) -> dict[str, Any]:
         """Levels, coefficients and (shared baseline) the shift: the grid is the plan's."""
-        assert self.newton is not None and self.spec is not None
-        point: dict[str, Any] = {
-            "levels": {k: list(v) for k, v in self.spec.levels.items()},
-            "beta": np.asarray(self.newton.beta, dtype=np.float64),
-        }
-        if self.definition.mode == "moments":
-            point["center"] = self.center
+        point = super().point()
+        point.pop("grids", None)  # the common secure grid, not the sites' released times
         return point
 
     def update_totals(self, totals: Mapping[str, Any]) -> None:

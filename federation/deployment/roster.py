@@ -141,13 +141,6 @@ class Roster:
                     f"{gone.get('site_id')}); Flower never accepts a revoked key again: the site "
                     "makes a new key pair (`trialfed site keygen`) and sends its site.pub"
                 )
-        for gone in self.revoked():
-            if gone.get("fingerprint") == print_:
-                raise UserError(
-                    f"this key ({print_}) was revoked on {gone.get('revoked_at')} (site "
-                    f"{gone.get('site_id')}); Flower never accepts a revoked key again: the site "
-                    "makes a new key pair (`trialfed site keygen`) and sends its site.pub"
-                )
         for site in self.sites():
             if site.site_id == site_id:
                 raise UserError(
