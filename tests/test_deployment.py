@@ -211,6 +211,20 @@ def test_supernode_output_is_one_line_per_known_failure() -> None:
     assert any("Traceback" in line for line in shown)
 
 
+def test_one_site_start_per_site_home(tmp_path: Path) -> None:
+    import os
+
+    from federation.deployment.site import SiteLock
+
+    first = SiteLock(tmp_path)
+    first.acquire()
+    assert (tmp_path / "site.lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(UserError, match=rf"already being served from .* \(PID {os.getpid()}\)"):
+        SiteLock(tmp_path).acquire()
+    assert first._handle is not None  # held for the life of `trialfed site start`
+    first._handle.close()
+
+
 def test_roster_enrols_refuses_duplicates_and_revokes(tmp_path: Path) -> None:
     roster = Roster(tmp_path)
     keys = [create_site_keys(tmp_path / f"k{i}")[1].read_text() for i in range(2)]

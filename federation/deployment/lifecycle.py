@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
@@ -307,3 +308,20 @@ def ignored_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def pid_lock(path: Path) -> IO[str] | None:
+    """An exclusive, non-blocking ``flock`` on ``path``, which then holds this process's PID;
+    ``None`` when another process holds it. The kernel releases it when the process ends,
+    however it ends, so a crash never leaves a stale lock behind."""
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

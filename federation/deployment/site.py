@@ -19,7 +19,6 @@ reports into one line each:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -31,7 +30,13 @@ from pathlib import Path
 from typing import IO
 
 from analysis.errors import UserError
-from federation.deployment.lifecycle import Child, Supervisor, exited, supervise_until_stopped
+from federation.deployment.lifecycle import (
+    Child,
+    Supervisor,
+    exited,
+    pid_lock,
+    supervise_until_stopped,
+)
 from federation.deployment.processes import runner_command, runner_secret, supernode_command
 
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
@@ -124,21 +129,13 @@ class SiteLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
-        handle = self.path.open("a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        self._handle = pid_lock(self.path)
+        if self._handle is None:
             pid = self.path.read_text().strip() or "unknown"
             raise UserError(
                 f"this site is already being served from {self.path.parent} (PID {pid}); stop "
                 "it first"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
+            )
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from analysis.errors import UserError
+from federation.deployment.lifecycle import pid_lock
 
 STATE_ENV = "TRIALFED_STATE"
 LOCK_FILE = "coordinator.lock"
@@ -75,22 +76,14 @@ class StateLock:
         """Take the lock or raise :class:`UserError` naming the coordinator that holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)
-        handle = (self.folder / LOCK_FILE).open("a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        self._handle = pid_lock(self.folder / LOCK_FILE)
+        if self._handle is None:
             pid = lock_holder(self.folder)
             raise UserError(
                 f"the coordinator state {self.folder} is in use by another coordinator "
                 f"(PID {pid if pid is not None else 'unknown'}); stop it first, or give this one "
                 "its own folder with --state DIR"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
+            )
 
     def release(self) -> None:
         """Release the lock (also released when the process ends)."""
