@@ -181,28 +181,32 @@ def event_tables(
     rows: list[dict[str, Any]] = []
     notes: list[Note] = []
     for key, table in sorted(km.grouped_event_tables(data, by).items()):
-        label = ", ".join(key) or "all"
-        if k > 1:
-            if table.n < k:
-                notes.append(_note(f"group ({label}): fewer than {k} subjects, left out"))
-                continue
-            released = coarsen_table(table, k)
-            if released is None:
-                notes.append(
-                    _note(f"group ({label}): events or censorings fewer than {k}, withheld")
-                )
-                continue
-            if released.time.size < table.time.size:
-                notes.append(
-                    _note(
-                        f"group ({label}): {table.n_events} events and "
-                        f"{table.n - table.n_events} censorings released at "
-                        f"{released.time.size} of {table.time.size} distinct times"
-                    )
-                )
-            table = released
-        rows.append({"key": list(key), **asdict(table)})
+        released, changes = release_table(table, k, ", ".join(key) or "all")
+        notes += changes
+        if released is not None:
+            rows.append({"key": list(key), **asdict(released)})
     return rows, notes
+
+
+def release_table(
+    table: km.EventTable, k: int, label: str
+) -> tuple[km.EventTable | None, list[Note]]:
+    """One group's event table as the rules release it (``None``: left out or withheld), and a
+    note of what they changed."""
+    if k <= 1:
+        return table, []
+    if table.n < k:
+        return None, [_note(f"group ({label}): fewer than {k} subjects, left out")]
+    released = coarsen_table(table, k)
+    if released is None:
+        return None, [_note(f"group ({label}): events or censorings fewer than {k}, withheld")]
+    if released.time.size == table.time.size:
+        return released, []
+    change = (
+        f"group ({label}): {table.n_events} events and {table.n - table.n_events} censorings "
+        f"released at {released.time.size} of {table.time.size} distinct times"
+    )
+    return released, [_note(change)]
 
 
 def check_model_rows(

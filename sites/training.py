@@ -33,10 +33,9 @@ from numpy.typing import NDArray
 
 from analysis import metrics
 from analysis.data import SurvivalData
-from analysis.disclosure import coarsen_table
 from analysis.errors import UserError
 from analysis.kinds.train import TrainSpec
-from analysis.km import EventTable, event_table
+from analysis.km import event_table
 from analysis.plan import Plan, parse_plan
 from analysis.privacy import gaussian_epsilon
 from analysis.rounds import train_spec_from_plan
@@ -174,7 +173,9 @@ def site_stats(bundle: SiteBundle, spec: TrainSpec) -> dict[str, Any]:
         raise UserError(f"site {bundle.site_id}: no training subjects for analysis {spec.name!r}")
     k = bundle.rules.min_cell_count
     features = feature_aggregates(parts.train.covariates, spec.features, k)
-    table, notes = released_event_table(parts.train.time, parts.train.event, k)
+    table, notes = disclosure.release_table(
+        event_table(parts.train.time, parts.train.event), k, "training split"
+    )
     if table is None:
         raise UserError(
             f"site {bundle.site_id}: [disclosure] min_cell_count = {k}: the training split's "
@@ -194,20 +195,6 @@ def site_stats(bundle: SiteBundle, spec: TrainSpec) -> dict[str, Any]:
         "event_table": table.to_dict(),
         "disclosure": notes,
     }
-
-
-def released_event_table(
-    time: NDArray[np.float64], event: NDArray[Any], k: int
-) -> tuple[EventTable | None, list[dict[str, str]]]:
-    """The training split's event table as the disclosure rules release it (for the federated
-    censoring KM): on the coarser grid of :func:`analysis.disclosure.coarsen_table`, as every
-    other event table this site sends; ``None`` when it cannot be released at all."""
-    exact = event_table(time, event)
-    table = coarsen_table(exact, k)
-    if table is None or table.time.size == exact.time.size:
-        return table, []
-    change = f"event table released at {table.time.size} of {exact.time.size} times"
-    return table, [{"rule": "min_cell_count", "change": change}]
 
 
 def round_seed(seed: int, server_round: int, site_id: str) -> int:

@@ -209,8 +209,13 @@ def test_site_approve_previews_what_training_would_take(tmp_path: Path) -> None:
     statistics = next(line for line in lines if line.startswith("  [risk] statistics"))
     assert f"({stats['n_train']} / {stats['n_test']})" in statistics
     assert statistics.endswith(f": {count_numbers(stats)} numbers")
-    times = len(stats["event_table"]["time"])
-    assert f"event table released at {times} of" in "\n".join(lines)
+    exact = split(load_bundle(bundles[0]), spec).train
+    events, times = int(exact.event.sum()), len(stats["event_table"]["time"])
+    change = (
+        f"group (training split): {events} events and {exact.n - events} censorings released "
+        f"at {times} of {np.unique(exact.time).size} distinct times"
+    )
+    assert f"    risk: min_cell_count: {change}" in lines
     assert any("each of 7 rounds (fedadam, model cox-linear)" in line for line in lines)
     refused = preview(load_bundle(bundles[1]), plan)
     assert any(
