@@ -203,6 +203,11 @@ class Exchange:
             if analysis in self.refused.get(s, {})
         }
 
+    def answering(self, analysis: str) -> list[str]:
+        """Live sites that did not refuse ``analysis``, in site-id order."""
+        refusing = self.refusing(analysis)
+        return [s for s in self.live_sites() if s not in refusing]
+
     def refusals(self) -> list[dict[str, Any]]:
         """Every refusal, per site and analysis, and the sites not pooled."""
         out: list[dict[str, Any]] = [

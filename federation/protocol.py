@@ -230,7 +230,7 @@ def _estimate(link: Exchange, spec: Any, context: EstimateContext) -> dict[str, 
     """One analysis from the sites that answered it, or marked refused when too few did."""
     kind = REGISTRY[spec.kind]
     refusing = link.refusing(spec.name)
-    answering = [s for s in link.live_sites() if s not in refusing]
+    answering = link.answering(spec.name)
     needed = link.needed()
     notes = link.disclosure(spec.name)
     if refusing and all(r["rule"] == "plan" for r in refusing.values()) and not answering:

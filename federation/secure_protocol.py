@@ -216,8 +216,7 @@ def _requests(
 
 def _answering(link: Exchange, analysis: str) -> list[str]:
     """Live sites that did not refuse ``analysis``, if at least :data:`MIN_SITES` of them."""
-    refusing = link.refusing(analysis)
-    sites = [s for s in link.live_sites() if s not in refusing]
+    sites = link.answering(analysis)
     return sites if len(sites) >= MIN_SITES else []
 
 
@@ -292,7 +291,7 @@ def _pooled_k(link: Exchange) -> int:
 def _estimate(link: SecureExchange, spec: Any, context: EstimateContext) -> dict[str, Any]:
     """One analysis from the pooled answers, the pooled small-cell rule applied."""
     refusing = link.refusing(spec.name)
-    answering = [s for s in link.live_sites() if s not in refusing]
+    answering = link.answering(spec.name)
     if len(answering) < max(link.needed(), MIN_SITES):
         return {
             "kind": spec.kind,
