@@ -6,8 +6,11 @@ on the roster) run as separate process trees, started the way docs/deployment.md
 
 1. Round time (3 sites): ``trialfed run --coordinator`` of the standard efficacy plan, measured
    as a whole process; per round, the slowest site's handling of its message (read from the
-   site runners' log lines: task input, answer, reply) and the rest, which is Flower's polling
-   (an idle SuperNode fetches every 3 s, ``Grid.send_and_receive`` looks for replies every 3 s).
+   site runners' log lines: task input, answer, reply) and the rest, which is polling and
+   transport. The same run is measured twice: with prompt polling (the default,
+   :mod:`federation.deployment.supernode`) and with Flower's own waits (an idle SuperNode
+   fetches every 3 s, pushes a reply at 0.5 s checks, asks again for a missing message object
+   after 1 s: ``TRIALFED_STOCK_FLOWER_POLLING=1``), so the ratio is from one run.
    What each message cost before the site runner, a fresh ``flwr-clientapp`` process (start,
    imports, bundle load from the Parquet cache), is measured as a whole process too; the
    round times before it are :data:`BASELINE` (measured at the commit named there). What each
@@ -33,8 +36,10 @@ from benchmarks.deployment_soak import SOAK_RUNS, bench_soak, soak_lines
 from benchmarks.loopback import LoopbackFederation, tree
 from benchmarks.measure import measure
 from benchmarks.plans import EFFICACY_PLAN, write_plan
+from federation.deployment.processes import STOCK_POLLING_ENV
 
 SITES = 3
+STOCK_KEYS = ("returncode", "rounds", "round_s", "round_time_s", "ve", "breakdown", "error_tail")
 SAMPLE_S = 0.25
 BASELINE = {
     "commit": "ae0c726",
@@ -178,13 +183,17 @@ def fresh_process_cost(bundle: Path, cache: Path, timeout: float) -> dict[str, A
     return doc
 
 
-def bench_rounds(work: Path, subjects_per_site: int, timeout: float) -> dict[str, Any]:
-    """Start 3 sites, measure one ``trialfed run --coordinator`` of the efficacy plan."""
-    base = work / "deployment"
+def bench_rounds(
+    work: Path, subjects_per_site: int, timeout: float, stock_polling: bool = False
+) -> dict[str, Any]:
+    """Start 3 sites, measure one ``trialfed run --coordinator`` of the efficacy plan
+    (``stock_polling``: with Flower's own waits, :data:`STOCK_POLLING_ENV`)."""
+    base = work / ("deployment-stock" if stock_polling else "deployment")
     shutil.rmtree(base, ignore_errors=True)  # keys and state of an earlier run
     bundles = write_sites(base / "data", SITES * subjects_per_site, SITES, "csv")
     plan = write_plan(EFFICACY_PLAN, base / "plans" / "efficacy.toml")
-    fed = LoopbackFederation(base, bundles)
+    extra = {STOCK_POLLING_ENV: "1"} if stock_polling else {}
+    fed = LoopbackFederation(base, bundles, extra_env=extra)
     try:
         setup_s = fed.start()
         sampler = _Sampler(fed.port)
@@ -216,9 +225,10 @@ def bench_rounds(work: Path, subjects_per_site: int, timeout: float) -> dict[str
                 {p.pid for p in tree(fed.procs[fed.site_name(i)].pid)})}
             for i in range(SITES)
         ]  # fmt: skip
-        cache = base / "home" / f"site-{fed.site_name(0)}" / "bundle-cache"
-        doc["fresh_clientapp_process"] = fresh_process_cost(bundles[0], cache, timeout)
-        doc["before"] = BASELINE
+        if not stock_polling:
+            cache = base / "home" / f"site-{fed.site_name(0)}" / "bundle-cache"
+            doc["fresh_clientapp_process"] = fresh_process_cost(bundles[0], cache, timeout)
+            doc["before"] = BASELINE
         return doc
     finally:
         fed.stop()
@@ -229,6 +239,8 @@ def bench_deployment(
 ) -> dict[str, Any]:
     """Round time on 3 sites, then the soak on 5 (see the module docstring)."""
     doc = bench_rounds(work, subjects_per_site, timeout)
+    stock = bench_rounds(work, subjects_per_site, timeout, stock_polling=True)
+    doc["stock_polling"] = {k: stock.get(k) for k in STOCK_KEYS}
     if soak_runs:
         try:
             doc["soak"] = bench_soak(work, soak_runs, min(timeout, 180.0))
@@ -241,14 +253,23 @@ def summary_lines(dep: dict[str, Any]) -> list[str]:
     """The round-time breakdown and the soak figures as Markdown (benchmarks/summary.py)."""
     lines: list[str] = []
     before = dep.get("before")
+    stock = dep.get("stock_polling") or {}
     if before and dep.get("round_s"):
         lines += [
             f"Round time: {sum(before['round_s']):.1f} s before ({before['design']}, "
             f"{before['commit']}) -> **{dep.get('round_time_s', sum(dep['round_s'])):.1f} s** "
-            f"now over {dep.get('rounds')} rounds (site runner: one warm process per site).",
+            f"now over {dep.get('rounds')} rounds (a warm site runner; prompt polling).",
+        ]
+        if stock.get("round_time_s"):
+            lines.append(
+                f"In this run with Flower's own waits ({STOCK_POLLING_ENV}=1): "
+                f"{stock['round_time_s']:.1f} s; prompt polling: "
+                f"{dep.get('round_time_s', 0):.1f} s (ratio "
+                f"{dep.get('round_time_s', 0) / stock['round_time_s']:.2f})."
+            )
+        lines += [
             "",
-            "| round | round s | slowest site: input / answer / reply s | Flower polling + "
-            "transport s |",
+            "| round | round s | slowest site: input / answer / reply s | polling + transport s |",
             "|---|---|---|---|",
         ]
         for row in dep.get("breakdown", []):

@@ -47,6 +47,7 @@ class LoopbackFederation:
 
     base: Path
     bundles: list[Path]
+    extra_env: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)
@@ -62,6 +63,7 @@ class LoopbackFederation:
             **os.environ, **ENV, "TRIALFED_HOME": str(self.base / "home"),
             "TRIALFED_STATE": str(self.state), "PYTHONPATH": str(ROOT),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+            **self.extra_env,
         }  # fmt: skip
         self.env.pop("FLWR_HOME", None)
         (self.base / "logs").mkdir(parents=True, exist_ok=True)
@@ -144,8 +146,8 @@ class LoopbackFederation:
                     cmd = " ".join(p.cmdline())
                     kind = next(
                         (k for k in ("flower-superlink", "flower-superexec", "flower-supernode",
-                                     "site_runner", "flwr-serverapp", "nginx: master",
-                                     "nginx: worker") if k in cmd),
+                                     "deployment.supernode", "site_runner", "flwr-serverapp",
+                                     "nginx: master", "nginx: worker") if k in cmd),
                         "trialfed",
                     )  # fmt: skip
                     found[f"{name}/{kind}/{p.pid}"] = p

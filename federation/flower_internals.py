@@ -123,6 +123,20 @@ pulls (``pull_and_inflate_object_from_tree``, ``make_pull_object_fn_protobuf``,
 
 ``ErrorCode`` (``flwr.common.constant``)
     The code of the error reply a site sends when it refuses to take part in a secure sum.
+
+Deployed round time (:mod:`federation.deployment.supernode`, :mod:`federation.server_app`):
+
+``flower_supernode`` (``flwr.supernode.cli``), the module ``flwr.supernode.start_client_internal``
+(its names ``time``, ``_pull_and_store_message`` and ``pull_objects``) and
+``flwr.superlink.grid.http_grid.pull_objects``
+    Flower 1.42 hard-codes a SuperNode's waits (3 s after an empty fetch, 0.5 s checks for a
+    reply) and a 1 s first retry for a message object not yet stored, at a SuperNode and in
+    the deployed ServerApp's Grid alike: 3-4 s of every deployed round. No option sets them.
+    :func:`use_prompt_supernode_polling` and :func:`use_prompt_object_pulls` replace those
+    module names (the loops read them at each call); ``TRIALFED_STOCK_FLOWER_POLLING=1`` skips
+    both. Breaks: an ImportError before the SuperNode or the run starts if a name goes
+    (``tests/test_flower_internals.py`` checks them and that the waits are still Flower's);
+    a changed wait makes the round as slow as Flower's, never wrong.
 """
 
 from __future__ import annotations
@@ -130,6 +144,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -210,12 +225,14 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
+from flwr.supernode.cli import flower_supernode
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 __all__ = [
     "flower_pseudo_rand_gen",
+    "flower_supernode",
     "SubStatus",
     "context_from_proto",
     "fab_from_proto",
@@ -410,6 +427,96 @@ def use_strong_masks() -> None:
         if not hasattr(module, "pseudo_rand_gen"):
             raise ImportError(f"{name} has no pseudo_rand_gen: Flower's SecAgg+ changed")
         setattr(module, "pseudo_rand_gen", chacha20_masks)  # noqa: B010 - a module attribute
+
+
+SUPERNODE_IDLE_S = 3
+"""Flower 1.42's SuperNode sleeps this long after every fetch that found no message."""
+SUPERNODE_CHECK_S = 0.5
+"""... and looks for the site's reply (and each reply object) at this interval."""
+SUPERNODE_LOOP = "flwr.supernode.start_client_internal"
+COORDINATOR_GRID = "flwr.superlink.grid.http_grid"
+"""The two modules that pull a message's objects with Flower's ``pull_objects``: a site's
+SuperNode (the coordinator's messages) and the deployed ServerApp's Grid (the sites' replies)."""
+
+
+class SuperNodeClock:
+    """The ``time`` a site's SuperNode loop sees: its two fixed waits made prompt.
+
+    After a fetch that found a message, the SuperNode asks again after ``first_s`` seconds,
+    then after waits growing by half each time up to ``idle_cap_s``: the next round's message,
+    sent a moment after this site replied, is fetched within a fraction of a second, while an
+    idle site asks no more often than every ``idle_cap_s``. A reply is looked for every
+    ``check_s``. Every other use of ``time`` is the real module.
+    """
+
+    def __init__(self, first_s: float, idle_cap_s: float, check_s: float) -> None:
+        self.first_s, self.idle_cap_s, self.check_s = first_s, idle_cap_s, check_s
+        self.next_idle_s = idle_cap_s
+
+    def message_received(self) -> None:
+        """Poll promptly again: the next round is likely on its way."""
+        self.next_idle_s = self.first_s
+
+    def sleep(self, seconds: float) -> None:
+        """Flower's fixed waits replaced (see the class notes); any other wait kept."""
+        if seconds == SUPERNODE_IDLE_S:
+            seconds = self.next_idle_s
+            self.next_idle_s = min(self.idle_cap_s, self.next_idle_s * 1.5)
+        elif seconds == SUPERNODE_CHECK_S:
+            seconds = self.check_s
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def use_prompt_supernode_polling(clock: SuperNodeClock) -> None:
+    """Make this process's SuperNode loop wait by ``clock`` (call before ``flower_supernode``).
+
+    Flower 1.42 hard-codes the waits (``flwr/supernode/start_client_internal.py``: ``sleep(3)``
+    after an empty fetch, ``sleep(0.5)`` before a reply is ready); no option sets them. The loop
+    reads the module names ``time`` and ``_pull_and_store_message`` at each call, so both are
+    replaced here. Breaks (ImportError here, before the SuperNode starts) if either goes; a
+    changed wait only makes the SuperNode as slow as Flower's.
+    """
+    module = importlib.import_module(SUPERNODE_LOOP)
+    pull = getattr(module, "_pull_and_store_message", None)
+    if pull is None or getattr(module, "time", None) is not time:
+        raise ImportError(f"{SUPERNODE_LOOP} changed: no prompt polling")
+
+    def pull_and_note(*args: Any, **kwargs: Any) -> int | None:
+        run_id: int | None = pull(*args, **kwargs)
+        if run_id is not None:
+            clock.message_received()
+        return run_id
+
+    setattr(module, "time", clock)  # noqa: B010 - module attributes
+    setattr(module, "_pull_and_store_message", pull_and_note)  # noqa: B010
+
+
+def use_prompt_object_pulls(module_name: str, first_s: float, cap_s: float) -> None:
+    """Ask again for a message object that is not there yet after ``first_s``, doubling to
+    ``cap_s``, instead of Flower's 1 s doubling to 10 s (``PULL_INITIAL_BACKOFF``).
+
+    A message is visible before its objects: the sender registers it, then pushes the objects,
+    so a prompt receiver usually asks once too early and then waited a whole second. The
+    module (:data:`SUPERNODE_LOOP` or :data:`COORDINATOR_GRID`) reads ``pull_objects`` at each
+    call, so it is wrapped there. Breaks (ImportError) if the name goes.
+    """
+    module = importlib.import_module(module_name)
+    pull_objects = getattr(module, "pull_objects", None)
+    if pull_objects is None:
+        raise ImportError(f"{module_name} has no pull_objects: Flower changed")
+    original = getattr(pull_objects, "flower_pull_objects", pull_objects)
+
+    def pull_promptly(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+        kwargs.setdefault("initial_backoff", first_s)
+        kwargs.setdefault("backoff_cap", cap_s)
+        objects: dict[str, bytes] = original(*args, **kwargs)
+        return objects
+
+    pull_promptly.flower_pull_objects = original  # type: ignore[attr-defined]
+    setattr(module, "pull_objects", pull_promptly)  # noqa: B010 - a module attribute
 
 
 use_strong_masks()

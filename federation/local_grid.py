@@ -25,6 +25,8 @@ RUN_ID = 1
 class LocalGrid(Grid):
     """Node ``i`` (1-based) runs ``app`` with ``node_configs[i - 1]`` as its node config."""
 
+    polls_fast = True  # send_and_receive delivers at once (read by transport.send_and_receive)
+
     def __init__(self, app: ClientApp, node_configs: Sequence[Mapping[str, Any]]) -> None:
         TaskIdentity.task_id, TaskIdentity.run_id = 1, RUN_ID
         TaskIdentity.node_id = SERVER_NODE

@@ -18,13 +18,18 @@ from flwr.serverapp import Grid, ServerApp
 
 from analysis.kinds import REGISTRY
 from analysis.plan import Plan, parse_plan
+from federation.deployment.processes import STOCK_POLLING_ENV
 from federation.deployment.state import ROSTER_ENV
+from federation.flower_internals import COORDINATOR_GRID, use_prompt_object_pulls
 from federation.protocol import run_plan
 from federation.runlog import emit_failure, emit_outcome, emit_progress
 from federation.secure import SecureGridTransport
 from federation.secure_protocol import run_secure
 
 log = logging.getLogger("trialfed")
+REPLY_OBJECT_RETRY_S = (0.02, 0.1)
+"""A site's reply is visible before its objects; ask again for a missing one after 20 ms,
+doubling to 0.1 s (Flower: 1 s doubling to 10 s, a second of every deployed round)."""
 
 
 def train(plan: Plan, grid: Grid, outcome: Any, progress: Any) -> None:
@@ -79,6 +84,8 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         progress = log.info if sink is not None else emit_progress
+        if sink is None and os.environ.get(STOCK_POLLING_ENV) != "1":  # deployed
+            use_prompt_object_pulls(COORDINATOR_GRID, *REPLY_OBJECT_RETRY_S)
         try:
             current = plan or parse_plan(str(context.run_config["plan-toml"]), "run config")
             expected = expected_nodes or int(context.run_config.get("expected-sites", 0))

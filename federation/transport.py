@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -49,7 +50,10 @@ class GridView(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
+        """As Flower's, polling promptly (:func:`send_and_receive`): Flower's strategies call
+        this once a training round."""
+        limit = math.inf if timeout is None else timeout
+        return send_and_receive(self.grid, list(messages), limit)
 
 
 class GridTransport:

@@ -37,7 +37,12 @@ from experiments.plan import load_plan
 from federation.deployment.appcode import app_dir, bundle_digests, compare, installed_digests
 from federation.deployment.control import Control, _conclude, _wait, run_deployed
 from federation.deployment.pki import create_certificates, create_site_keys, server_names
-from federation.deployment.processes import free_port, parse_address
+from federation.deployment.processes import (
+    STOCK_POLLING_ENV,
+    free_port,
+    parse_address,
+    supernode_command,
+)
 from federation.deployment.proxy import check_config, write_config
 from federation.deployment.roster import Roster, key_fingerprint
 from federation.deployment.site import NodeOutput
@@ -156,6 +161,18 @@ def test_coordinator_address_and_ca_are_checked(tmp_path: Path) -> None:
         parse_address("https://coord:9093")
     with pytest.raises(UserError, match="--ca is required"):
         Control("127.0.0.1:9093", None, home=tmp_path)
+
+
+def test_sites_run_flowers_supernode_polling_promptly_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle, ca, key, secret = (tmp_path / n for n in ("bundle", "ca.pem", "site.key", "secret"))
+    monkeypatch.delenv(STOCK_POLLING_ENV, raising=False)
+    prompt = supernode_command(bundle, "coord:9093", ca, key, 9094, secret)
+    assert prompt[:3] == [sys.executable, "-m", "federation.deployment.supernode"]
+    monkeypatch.setenv(STOCK_POLLING_ENV, "1")
+    stock = supernode_command(bundle, "coord:9093", ca, key, 9094, secret)
+    assert Path(stock[0]).name == "flower-supernode" and stock[1:] == prompt[3:]
 
 
 REFUSED_START = """\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode

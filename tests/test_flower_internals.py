@@ -251,3 +251,85 @@ def test_secure_aggregation_masks_come_from_the_whole_seed() -> None:
     assert abs(ours[0].mean() / 2**32 - 0.5) < 5 * (1 / np.sqrt(12 * 20_000))
     for name in flower.MASK_MODULES:  # where SecAgg+ calls it, at the site and the coordinator
         assert importlib.import_module(name).pseudo_rand_gen is flower.chacha20_masks, name
+
+
+def test_flower_still_waits_as_prompt_polling_assumes() -> None:
+    """The waits the prompt SuperNode replaces are still Flower's literals, read from the
+    module names it swaps; a Flower that changes them fails here, not as a slow round."""
+    import importlib
+
+    loop = importlib.import_module(flower.SUPERNODE_LOOP)
+    source = inspect.getsource(loop)
+    assert f"time.sleep({flower.SUPERNODE_IDLE_S})" in source
+    assert f"time.sleep({flower.SUPERNODE_CHECK_S})" in source
+    assert "_pull_and_store_message(" in inspect.getsource(loop.start_client_internal)
+    for name in (flower.SUPERNODE_LOOP, flower.COORDINATOR_GRID):
+        pull = importlib.import_module(name).pull_objects
+        pull = getattr(pull, "flower_pull_objects", pull)
+        assert {"initial_backoff", "backoff_cap"} <= set(_parameters(pull)), name
+
+
+def test_supernode_clock_makes_the_fixed_waits_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(flower.time, "sleep", slept.append)
+    clock = flower.SuperNodeClock(first_s=0.05, idle_cap_s=1.0, check_s=0.02)
+    clock.sleep(flower.SUPERNODE_IDLE_S)  # idle since start: the cap
+    clock.message_received()
+    for _ in range(9):
+        clock.sleep(flower.SUPERNODE_IDLE_S)
+    clock.sleep(flower.SUPERNODE_CHECK_S)
+    clock.sleep(0.7)  # any other wait is kept
+    growing = [0.05 * 1.5**k for k in range(8)]
+    assert slept == pytest.approx([1.0, *growing, 1.0, 0.02, 0.7])
+    assert clock.monotonic is flower.time.monotonic  # the rest of `time` is the real one
+
+
+def test_prompt_object_pulls_wrap_flowers_function_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    calls: list[dict[str, object]] = []
+
+    def pull_objects(object_ids: list[str], **kwargs: object) -> dict[str, bytes]:
+        calls.append(kwargs)
+        return dict.fromkeys(object_ids, b"x")
+
+    module = types.ModuleType("fake_grid")
+    module.pull_objects = pull_objects  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_grid", module)
+    flower.use_prompt_object_pulls("fake_grid", 0.05, 0.2)
+    flower.use_prompt_object_pulls("fake_grid", 0.02, 0.1)  # again: still one wrapper
+    assert module.pull_objects(["a"]) == {"a": b"x"}
+    assert module.pull_objects(["b"], initial_backoff=1.0) == {"b": b"x"}
+    assert calls == [
+        {"initial_backoff": 0.02, "backoff_cap": 0.1},
+        {"initial_backoff": 1.0, "backoff_cap": 0.1},  # a caller's own choice is kept
+    ]
+    assert module.pull_objects.flower_pull_objects is pull_objects
+    with pytest.raises(ImportError, match="no pull_objects"):
+        monkeypatch.setitem(sys.modules, "empty_grid", types.ModuleType("empty_grid"))
+        flower.use_prompt_object_pulls("empty_grid", 0.05, 0.2)
+
+
+def test_the_prompt_supernode_swaps_flowers_waits_in_its_own_process() -> None:
+    """What ``python -m federation.deployment.supernode`` sets before Flower's SuperNode runs."""
+    import subprocess
+    import sys
+
+    check = (
+        "import importlib, time\n"
+        "from federation import flower_internals as f\n"
+        "from federation.deployment import supernode as s\n"
+        "f.use_prompt_supernode_polling(f.SuperNodeClock(s.FIRST_POLL_S, s.IDLE_POLL_S, "
+        "s.REPLY_CHECK_S))\n"
+        "f.use_prompt_object_pulls(f.SUPERNODE_LOOP, *s.OBJECT_RETRY_S)\n"
+        "loop = importlib.import_module(f.SUPERNODE_LOOP)\n"
+        "assert isinstance(loop.time, f.SuperNodeClock) and loop.time.idle_cap_s == 1.0\n"
+        "assert loop._pull_and_store_message.__name__ == 'pull_and_note'\n"
+        "assert loop.pull_objects.__name__ == 'pull_promptly'\n"
+        "assert time.sleep is loop.time.__getattr__('sleep')  # the real module untouched\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr

@@ -2,7 +2,9 @@
 
 - The coordinator's ``flower-superlink`` listens on ``127.0.0.1`` only (nginx faces the sites,
   :mod:`federation.deployment.proxy`), its database in the coordinator's state folder.
-- A site's ``flower-supernode`` runs with ``--isolation process``: Flower does not start
+- A site's ``flower-supernode`` (Flower's, started through
+  :mod:`federation.deployment.supernode` so that it polls promptly) runs with
+  ``--isolation process``: Flower does not start
   ``flwr-clientapp`` for each message; the site's own runner
   (:mod:`federation.deployment.site_runner`) claims the tasks, authenticated to the SuperNode's
   local Runtime API with a per-site secret.
@@ -34,6 +36,12 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 HOME_ENV = "TRIALFED_HOME"
+STOCK_POLLING_ENV = "TRIALFED_STOCK_FLOWER_POLLING"
+"""Set to ``1`` (in the environment of ``trialfed site start`` or ``coordinator start``) to run
+Flower's unmodified waits: the stock ``flower-supernode`` at a site, Flower's object retries in
+the ServerApp. A fallback should a Flower upgrade break prompt polling; the benchmark's
+"before"."""
+PROMPT_NODE = "federation.deployment.supernode"
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -154,7 +162,8 @@ def runner_secret(home: Path) -> Path:
 def supernode_command(
     bundle: Path, coordinator: str, ca: Path, key: Path, port: int, secret: Path
 ) -> list[str]:
-    """The ``flower-supernode`` command line of a site.
+    """The ``flower-supernode`` command line of a site (prompt polling:
+    :mod:`federation.deployment.supernode`, unless :data:`STOCK_POLLING_ENV` is ``1``).
 
     The SuperNode only connects out to the coordinator (HTTPS, verified against ``ca``, signed
     with the site key); its local Runtime API listens on ``127.0.0.1:port`` only, and its tasks
@@ -165,8 +174,10 @@ def supernode_command(
     if any(c in path for c in "'\"\\"):
         raise UserError(f"{path}: the bundle path must not contain quotes or backslashes")
     parse_address(coordinator)
+    stock = os.environ.get(STOCK_POLLING_ENV) == "1"
+    program = [executable("flower-supernode")] if stock else [sys.executable, "-m", PROMPT_NODE]
     return [
-        executable("flower-supernode"),
+        *program,
         "--superlink",
         coordinator,
         "--root-certificates",
