@@ -14,6 +14,7 @@ of a dozen arrays took ~28 requests and 1.2-1.5 s to push. Packed, a message is 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -64,12 +65,12 @@ def decode(content: RecordDict) -> Any:
     """Inverse of :func:`encode`."""
     config = content.config_records["config"]
     array_record = content.array_records.get("arrays")
-    packed = array_record[_PACKED_KEY].numpy() if array_record else np.zeros(0, np.uint8)
+    packed = _packed_bytes(array_record)
 
     def unpack(reference: Any) -> np.ndarray:
         # a reference comes from the other side: check it before reading any bytes
         dtype, shape, offset = _checked_reference(reference)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python integers: a huge shape cannot wrap around
         if offset + count * dtype.itemsize > packed.size:
             raise ValueError(f"array reference {reference!r} reaches past the packed bytes")
         flat = np.frombuffer(packed, dtype=dtype, count=count, offset=offset)
@@ -85,6 +86,15 @@ def decode(content: RecordDict) -> Any:
         return value
 
     return walk(json.loads(str(config[_JSON_KEY])))
+
+
+def _packed_bytes(record: ArrayRecord | None) -> np.ndarray:
+    """The packed bytes of a message (none when it carries no arrays)."""
+    if not record:
+        return np.zeros(0, np.uint8)
+    if list(record) != [_PACKED_KEY]:
+        raise ValueError(f"the arrays record must hold one array {_PACKED_KEY!r}: {list(record)}")
+    return np.ascontiguousarray(record[_PACKED_KEY].numpy()).reshape(-1).view(np.uint8)
 
 
 def _checked_reference(reference: Any) -> tuple[np.dtype[Any], list[int], int]:

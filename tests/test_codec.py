@@ -71,6 +71,7 @@ def _with_reference(reference: Any) -> Any:
     [
         ["<f8", [-1], 0],  # a negative size would read every byte
         ["<f8", [2**40], 0],
+        ["<f8", [2**32, 2**32], 0],  # 2**64 elements: wraps to 0 in int64
         ["<f8", [4], 2**20],
         ["<f8", [1], -8],
         ["<f8", [1], True],
@@ -92,3 +93,15 @@ def test_a_reference_may_read_any_packed_bytes_it_names() -> None:
     at another array's bytes (it only reads what it sent)."""
     back = decode(_with_reference(["<i8", [3], 32]))  # "b" starts after a's 32 bytes
     assert back["a"].tolist() == [0, 1, 2]
+
+
+def test_packed_arrays_are_read_as_bytes_whatever_their_dtype() -> None:
+    """A sender that packs float64 instead of bytes cannot stretch the bounds check."""
+    from flwr.app import Array, ArrayRecord
+
+    content = encode({"a": np.arange(4.0)})
+    content.array_records["arrays"] = ArrayRecord({"packed": Array(np.arange(4.0))})
+    assert decode(content)["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    content.array_records["arrays"] = ArrayRecord({"other": Array(np.arange(4.0))})
+    with pytest.raises(ValueError, match="one array 'packed'"):
+        decode(content)

@@ -36,9 +36,10 @@ from federation.deployment.appcode import bundle_digests, compare, installed_dig
 
 POLL_S = 0.1
 """Pause between two ``AcquireTask`` calls when no task is pending: a local HTTP call of about
-a millisecond, ten a second when idle. The SuperNode fetches messages from the coordinator only
-every 3 s and pushes a reply at the first of its 0.5 s checks after the reply is ready, so a task
-claimed 0.2 s late often cost a whole 0.5 s step."""
+a millisecond, ten a second when idle. The site's SuperNode
+(:mod:`federation.deployment.supernode`) fetches the next message within 50 ms of a reply and
+pushes a reply within 20 ms, so a claim up to 0.1 s late is one of the larger waits left in a
+round (benchmarks/results/notes.md)."""
 RETRY_S = 1.0
 """Pause after the SuperNode's Runtime API did not answer (it is starting or restarting)."""
 log = logging.getLogger("trialfed.site")
