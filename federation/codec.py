@@ -25,6 +25,7 @@ _ARRAY_TAG = "__array__"
 _JSON_KEY = "payload-json"
 _PACKED_KEY = "packed"
 _ALIGN = 8  # each array starts on an 8-byte boundary of the packed bytes
+_NUMERIC = "biuf"  # numpy dtype kinds that travel: bool, signed, unsigned, float
 
 
 def encode(payload: Any) -> RecordDict:
@@ -35,7 +36,7 @@ def encode(payload: Any) -> RecordDict:
     def walk(value: Any) -> Any:
         nonlocal size
         if isinstance(value, np.ndarray):
-            if value.dtype.kind not in "biuf":
+            if value.dtype.kind not in _NUMERIC:
                 raise TypeError(f"only numeric arrays travel as arrays, got dtype {value.dtype}")
             flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
             reference = {_ARRAY_TAG: [value.dtype.str, list(value.shape), size]}
@@ -99,24 +100,22 @@ def _packed_bytes(record: ArrayRecord | None) -> np.ndarray:
 
 def _checked_reference(reference: Any) -> tuple[np.dtype[Any], list[int], int]:
     """(dtype, shape, offset) of an array reference; ValueError naming it when malformed."""
-    ok = isinstance(reference, list) and len(reference) == 3
-    if ok:
-        dtype, shape, offset = reference
-        ok = (
-            isinstance(dtype, str)
-            and isinstance(shape, list)
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-            and isinstance(offset, int)
-            and not isinstance(offset, bool)
-            and offset >= 0
-        )
-    if ok:
-        try:
-            kind = np.dtype(dtype)
-        except TypeError:
-            ok = False
-        else:
-            ok = kind.kind in "biuf"
-    if not ok:
-        raise ValueError(f"malformed array reference {reference!r}: want [dtype, shape, offset]")
+    malformed = ValueError(f"malformed array reference {reference!r}: want [dtype, shape, offset]")
+    if not (isinstance(reference, list) and len(reference) == 3):
+        raise malformed
+    dtype, shape, offset = reference
+    sizes_ok = isinstance(shape, list) and all(map(_is_count, [*shape, offset]))
+    if not (isinstance(dtype, str) and sizes_ok):
+        raise malformed
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        raise malformed from None
+    if kind.kind not in _NUMERIC:
+        raise malformed
     return kind, shape, offset
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative int (bool is an int in Python, but not a size)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
