@@ -85,8 +85,8 @@ class Exchange:
         self.audit: dict[str, dict[str, Any]] = {}
 
     def name(self, node: int) -> str:
-        """The site id of a node, or ``node N`` while it has not said."""
-        return self.site_of.get(node, f"node {node}")
+        """The site id of a node: as it said, else as the roster enrolled it, else ``node N``."""
+        return self.site_of.get(node) or self.node_sites.get(node) or f"node {node}"
 
     def node_of(self, site: str) -> int:
         """The node serving ``site``."""

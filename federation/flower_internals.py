@@ -137,15 +137,23 @@ Deployed round time (:mod:`federation.deployment.supernode`, :mod:`federation.se
     both. Breaks: an ImportError before the SuperNode or the run starts if a name goes
     (``tests/test_flower_internals.py`` checks them and that the waits are still Flower's);
     a changed wait makes the round as slow as Flower's, never wrong.
+    The ServerApp's Grid also waits for a reply's objects up to 500 times (about 50 s at the
+    prompt waits, hours at Flower's) when a site stopped between registering its reply and
+    sending its data, and the other replies wait with it: :func:`object_pulls_until` bounds
+    those waits by the round's deadline (:func:`use_round_bounded_object_pulls`, stock
+    polling included). ``pull_objects``, ``ObjectUnavailableError`` and ``ObjectPullError``
+    (``flwr.supercore.inflatable.inflatable_utils``) are imported for its test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -213,7 +221,12 @@ from flwr.supercore.inflatable.inflatable_protobuf_utils import (
     make_confirm_message_received_fn_protobuf,
     make_pull_object_fn_protobuf,
 )
-from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.inflatable.inflatable_utils import (
+    ObjectPullError,
+    ObjectUnavailableError,
+    pull_and_inflate_object_from_tree,
+    pull_objects,
+)
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
@@ -231,6 +244,9 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 __all__ = [
+    "ObjectPullError",
+    "ObjectUnavailableError",
+    "pull_objects",
     "flower_pseudo_rand_gen",
     "flower_supernode",
     "SubStatus",
@@ -494,6 +510,59 @@ def use_prompt_supernode_polling(clock: SuperNodeClock) -> None:
     setattr(module, "_pull_and_store_message", pull_and_note)  # noqa: B010
 
 
+OBJECT_PULL_GRACE_S = 1.0
+"""How long a pull for replies made at or after its round's deadline may still wait for the
+objects of a reply already registered: long enough for data in flight on loopback or a LAN."""
+
+_ROUND = threading.local()
+
+
+@contextlib.contextmanager
+def object_pulls_until(deadline: float) -> Iterator[None]:
+    """Bound this thread's object pulls (through a module wrapped by
+    :func:`use_round_bounded_object_pulls`) by ``deadline`` (``time.monotonic``), and at least
+    :data:`OBJECT_PULL_GRACE_S`: one reply whose data never comes cannot hold up a round."""
+    previous = getattr(_ROUND, "deadline", math.inf)
+    _ROUND.deadline = deadline
+    try:
+        yield
+    finally:
+        _ROUND.deadline = previous
+
+
+def _wrapped_pull_objects(module_name: str) -> Any:
+    """The module's ``pull_objects`` wrapped once (defaults and the round's deadline added)."""
+    module = importlib.import_module(module_name)
+    pull_objects = getattr(module, "pull_objects", None)
+    if pull_objects is None:
+        raise ImportError(f"{module_name} has no pull_objects: Flower changed")
+    if hasattr(pull_objects, "flower_pull_objects"):
+        return pull_objects
+    original = pull_objects
+
+    def pull_within_round(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+        for key, value in pull_within_round.defaults.items():  # type: ignore[attr-defined]
+            kwargs.setdefault(key, value)
+        deadline = getattr(_ROUND, "deadline", math.inf)
+        if deadline != math.inf:
+            left = deadline - time.monotonic()
+            kwargs.setdefault("max_time", max(OBJECT_PULL_GRACE_S, left))
+        objects: dict[str, bytes] = original(*args, **kwargs)
+        return objects
+
+    pull_within_round.flower_pull_objects = original  # type: ignore[attr-defined]
+    pull_within_round.defaults = {}  # type: ignore[attr-defined]
+    setattr(module, "pull_objects", pull_within_round)  # noqa: B010 - a module attribute
+    return pull_within_round
+
+
+def use_round_bounded_object_pulls(module_name: str) -> None:
+    """Let :func:`object_pulls_until` bound the waits of ``module_name``'s ``pull_objects``
+    (:data:`COORDINATOR_GRID`). Flower waits for a missing object up to 500 tries or 2 h,
+    whatever the caller's timeout. Breaks (ImportError) if the name goes."""
+    _wrapped_pull_objects(module_name)
+
+
 def use_prompt_object_pulls(module_name: str, first_s: float, cap_s: float) -> None:
     """Ask again for a message object that is not there yet after ``first_s``, doubling to
     ``cap_s``, instead of Flower's 1 s doubling to 10 s (``PULL_INITIAL_BACKOFF``).
@@ -501,22 +570,11 @@ def use_prompt_object_pulls(module_name: str, first_s: float, cap_s: float) -> N
     A message is visible before its objects: the sender registers it, then pushes the objects,
     so a prompt receiver usually asks once too early and then waited a whole second. The
     module (:data:`SUPERNODE_LOOP` or :data:`COORDINATOR_GRID`) reads ``pull_objects`` at each
-    call, so it is wrapped there. Breaks (ImportError) if the name goes.
+    call, so it is wrapped there (once, with :func:`use_round_bounded_object_pulls`). Breaks
+    (ImportError) if the name goes.
     """
-    module = importlib.import_module(module_name)
-    pull_objects = getattr(module, "pull_objects", None)
-    if pull_objects is None:
-        raise ImportError(f"{module_name} has no pull_objects: Flower changed")
-    original = getattr(pull_objects, "flower_pull_objects", pull_objects)
-
-    def pull_promptly(*args: Any, **kwargs: Any) -> dict[str, bytes]:
-        kwargs.setdefault("initial_backoff", first_s)
-        kwargs.setdefault("backoff_cap", cap_s)
-        objects: dict[str, bytes] = original(*args, **kwargs)
-        return objects
-
-    pull_promptly.flower_pull_objects = original  # type: ignore[attr-defined]
-    setattr(module, "pull_objects", pull_promptly)  # noqa: B010 - a module attribute
+    wrapper = _wrapped_pull_objects(module_name)
+    wrapper.defaults.update(initial_backoff=first_s, backoff_cap=cap_s)
 
 
 use_strong_masks()

@@ -20,7 +20,11 @@ from analysis.kinds import REGISTRY
 from analysis.plan import Plan, parse_plan
 from federation.deployment.processes import STOCK_POLLING_ENV
 from federation.deployment.state import ROSTER_ENV
-from federation.flower_internals import COORDINATOR_GRID, use_prompt_object_pulls
+from federation.flower_internals import (
+    COORDINATOR_GRID,
+    use_prompt_object_pulls,
+    use_round_bounded_object_pulls,
+)
 from federation.protocol import run_plan
 from federation.runlog import emit_failure, emit_outcome, emit_progress
 from federation.secure import SecureGridTransport
@@ -84,8 +88,10 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         progress = log.info if sink is not None else emit_progress
-        if sink is None and os.environ.get(STOCK_POLLING_ENV) != "1":  # deployed
-            use_prompt_object_pulls(COORDINATOR_GRID, *REPLY_OBJECT_RETRY_S)
+        if sink is None:  # deployed: a reply whose data never comes costs one round at most
+            use_round_bounded_object_pulls(COORDINATOR_GRID)
+            if os.environ.get(STOCK_POLLING_ENV) != "1":
+                use_prompt_object_pulls(COORDINATOR_GRID, *REPLY_OBJECT_RETRY_S)
         try:
             current = plan or parse_plan(str(context.run_config["plan-toml"]), "run config")
             expected = expected_nodes or int(context.run_config.get("expected-sites", 0))

@@ -7,11 +7,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation.codec import MESSAGE_TYPE, decode, encode
 from federation.exchange import SiteFailure, site_outcome
+from federation.flower_internals import ErrorCode, object_pulls_until
 
 
 class GridView(Grid):
@@ -106,21 +107,45 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     """Push ``messages`` and pull their replies until all came or ``timeout`` passed.
 
     Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls, a second and a half per round
-    on average; this polls every 50 ms, then every 0.1 s.
+    on average; this polls every 50 ms, then every 0.1 s. The last pull starts at or after the
+    deadline, so a reply registered in time is kept even when an earlier pull ran past the
+    deadline; waits for a reply's data are bounded by the deadline too (a site that stops while
+    sending costs one round, not Flower's 500 tries). Every reply is from the node asked
+    (:func:`_as_from_site`).
     """
     if getattr(grid, "polls_fast", False):  # a wrapper that observes its round trips
         return list(grid.send_and_receive(messages, timeout=timeout))
-    waiting = set(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    sent = dict(zip(ids, messages, strict=True)) if len(ids) == len(messages) else {}
+    waiting = {message_id for message_id in sent if message_id}
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     pause = iter(POLL_SECONDS)
     delay = next(pause)
-    while waiting:
-        pulled = list(grid.pull_messages(waiting))
-        replies += pulled
-        waiting -= {m.metadata.reply_to_message_id for m in pulled}
-        if not waiting or time.monotonic() >= deadline:
-            break
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = next(pause, POLL_SECONDS[-1])
+    with object_pulls_until(deadline):
+        while waiting:
+            started = time.monotonic()
+            pulled = [_as_from_site(reply, sent) for reply in grid.pull_messages(waiting)]
+            replies += pulled
+            waiting -= {m.metadata.reply_to_message_id for m in pulled}
+            if not waiting or started >= deadline:
+                break
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = next(pause, POLL_SECONDS[-1])
     return replies
+
+
+def _as_from_site(reply: Message, sent: Mapping[str, Message]) -> Message:
+    """``reply`` as the answer of the node its request went to.
+
+    When a site registers its reply but its data never arrives (it stopped while sending),
+    Flower's Grid hands back an error made up at the coordinator, from the coordinator's own
+    node id: the site would then read as silent and its answer as someone else's. Such a
+    reply, and any reply not from the node asked, becomes an error reply from that node.
+    """
+    request = sent.get(reply.metadata.reply_to_message_id)
+    if request is None or reply.metadata.src_node_id == request.metadata.dst_node_id:
+        return reply
+    why = reply.error.reason if reply.has_error() else f"from node {reply.metadata.src_node_id}"
+    reason = f"its reply did not arrive whole (did it stop while sending?): {why}"
+    return Message(Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason=reason), reply_to=request)

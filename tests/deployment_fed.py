@@ -215,9 +215,14 @@ class Federation:
         )  # fmt: skip
 
     def start_site(
-        self, i: int, key: Path | None = None, retry_s: float = 90.0, home: Path | None = None
+        self,
+        i: int,
+        key: Path | None = None,
+        retry_s: float = 90.0,
+        home: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> Proc:
-        env = {**self.env, "TRIALFED_ACTIVATION_RETRY_S": str(retry_s)}
+        env = {**self.env, "TRIALFED_ACTIVATION_RETRY_S": str(retry_s), **(extra_env or {})}
         if home is not None:  # another machine serving the same bundle
             env["TRIALFED_HOME"] = str(home)
         proc = self.spawn(

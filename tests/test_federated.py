@@ -389,6 +389,13 @@ def test_a_dropout_below_min_sites_fails_naming_the_site(tmp_path: Path) -> None
     # A site silent from the start never said who it is: the coordinator names its node.
     with pytest.raises(RunFailed, match=r"missing: node 1 \(round 1: no reply"):
         federated(plan(COX_AB), bundles, drop={1: 1})
+    # With a roster (a deployment), it is named by the site id it enrolled as, once.
+    roster = {0: "S1", 1: "S2", 2: "S3"}
+    with pytest.raises(RunFailed, match=r"missing: S2 \(round 1: no reply[^;]*$"):
+        run_plan(
+            parse_plan(plan(COX_AB)), InProcessTransport(bundles, drop={1: 1}),
+            expected_sites=list(roster.values()), node_sites=roster,
+        )  # fmt: skip
 
 
 def test_a_wrong_plan_is_refused_by_the_site_before_any_aggregate(tmp_path: Path) -> None:

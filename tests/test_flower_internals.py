@@ -326,10 +326,42 @@ def test_the_prompt_supernode_swaps_flowers_waits_in_its_own_process() -> None:
         "loop = importlib.import_module(f.SUPERNODE_LOOP)\n"
         "assert isinstance(loop.time, f.SuperNodeClock) and loop.time.idle_cap_s == 1.0\n"
         "assert loop._pull_and_store_message.__name__ == 'pull_and_note'\n"
-        "assert loop.pull_objects.__name__ == 'pull_promptly'\n"
+        "assert loop.pull_objects.__name__ == 'pull_within_round'\n"
         "assert time.sleep is loop.time.__getattr__('sleep')  # the real module untouched\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_object_pulls_are_bounded_by_the_rounds_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's own ``pull_objects`` waits for a reply's missing object up to 500 tries (50 s
+    at the prompt waits): inside :func:`object_pulls_until` it gives up at the deadline, or
+    after the grace when the deadline has passed; outside, the caller's limits stand."""
+    import sys
+    import time
+    import types
+
+    def never_there(object_id: str) -> bytes:
+        raise flower.ObjectUnavailableError(object_id)
+
+    module = types.ModuleType("bounded_grid")
+    module.pull_objects = flower.pull_objects  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bounded_grid", module)
+    monkeypatch.setattr(flower, "OBJECT_PULL_GRACE_S", 0.3)
+    flower.use_round_bounded_object_pulls("bounded_grid")
+    flower.use_prompt_object_pulls("bounded_grid", 0.02, 0.05)
+    for deadline_in, least, most in ((0.6, 0.55, 2.0), (-5.0, 0.25, 1.5)):
+        started = time.monotonic()
+        with (
+            flower.object_pulls_until(started + deadline_in),
+            pytest.raises(flower.ObjectPullError),
+        ):
+            module.pull_objects(["missing"], pull_object_fn=never_there)
+        assert least <= time.monotonic() - started <= most
+    started = time.monotonic()  # no round: the caller's own limit
+    with pytest.raises(flower.ObjectPullError):
+        module.pull_objects(["missing"], pull_object_fn=never_there, max_tries_per_object=3)
+    assert time.monotonic() - started < 0.5
+    assert module.pull_objects.flower_pull_objects is flower.pull_objects
