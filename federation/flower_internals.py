@@ -533,12 +533,11 @@ def object_pulls_until(deadline: float) -> Iterator[None]:
 def _wrapped_pull_objects(module_name: str) -> Any:
     """The module's ``pull_objects`` wrapped once (defaults and the round's deadline added)."""
     module = importlib.import_module(module_name)
-    pull_objects = getattr(module, "pull_objects", None)
-    if pull_objects is None:
+    original = getattr(module, "pull_objects", None)  # not this module's: the module's own
+    if original is None:
         raise ImportError(f"{module_name} has no pull_objects: Flower changed")
-    if hasattr(pull_objects, "flower_pull_objects"):
-        return pull_objects
-    original = pull_objects
+    if hasattr(original, "flower_pull_objects"):  # wrapped already
+        return original
 
     def pull_within_round(*args: Any, **kwargs: Any) -> dict[str, bytes]:
         for key, value in pull_within_round.defaults.items():  # type: ignore[attr-defined]
